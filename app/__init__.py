@@ -1,0 +1,1 @@
+"""Lampchat's application layer: the Textual app, its screens, the CLI, config and history."""

@@ -1,0 +1,54 @@
+"""The `lampchat` command: the TUI with no subcommand, headless subcommands otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from app.logs import setup_logging
+from engine.errors import LampchatError
+
+log = logging.getLogger(__name__)
+
+SUBCOMMANDS = ["ask"]
+"""Modules under app.commands, each adding one subcommand."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like argparse but shorter
+        self.exit(2, f"lampchat: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, subcommands included."""
+    parser = _Parser(prog="lampchat", description="Chat with local language models.")
+    subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"app.commands.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the exit status; never shows a traceback."""
+    setup_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            from app.tui_main import run_tui
+
+            return run_tui(args)
+        return int(args.run(args))
+    except LampchatError as exc:
+        print(f"lampchat: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lampchat: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the last line of defence: log it, say one line
+        log.exception("unexpected error")
+        print(f"lampchat: unexpected error: {exc} (details in the log file)", file=sys.stderr)
+        return 1

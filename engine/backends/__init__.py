@@ -1,0 +1,1 @@
+"""Backends: one per file, all implementing `engine.backends.base.Backend`."""

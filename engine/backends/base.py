@@ -1,0 +1,62 @@
+"""The interface every backend implements."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar
+
+from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+ProgressCallback = Callable[[float, str], None]
+"""Called with (fraction done in [0, 1], what is happening)."""
+
+
+class Backend(ABC):
+    """A model runtime. All calls except `cancel` come from the engine thread.
+
+    Lifecycle: `load` -> any number of `stream` -> `unload`. `stream` is a
+    generator; the worker closes it early when the user cancels, and `cancel`
+    (thread-safe) asks a running decode step to stop as soon as it can.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._cancel = threading.Event()
+        self.info: ModelInfo | None = None
+        self.settings: LoadSettings | None = None
+
+    @abstractmethod
+    def load(
+        self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
+    ) -> ModelInfo:
+        """Load `model` (a path or a backend-specific name) and describe it."""
+
+    @abstractmethod
+    def unload(self) -> None:
+        """Release the model and its memory."""
+
+    @abstractmethod
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Yield the reply piece by piece, filling `stats` as it goes.
+
+        Sets `stats.prompt_tokens` before the first piece and
+        `stats.finish_reason` before returning.
+        """
+
+    def cancel(self) -> None:
+        """Ask the current generation to stop (thread-safe)."""
+        self._cancel.set()
+
+    def reset_cancel(self) -> None:
+        """Clear a cancel request before a new generation."""
+        self._cancel.clear()
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a cancel was requested for the current generation."""
+        return self._cancel.is_set()

@@ -1,0 +1,260 @@
+"""llama.cpp through llama-cpp-python, for GGUF files."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import io
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine.backends.base import Backend, ProgressCallback
+from engine.chat_template import CHATML, ChatTemplate
+from engine.errors import LampchatError, ModelLoadError
+from engine.formats.detect import detect_format, validate_gguf
+from engine.textstream import StopMatcher, Utf8Assembler
+from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+log = logging.getLogger(__name__)
+_llama_log = logging.getLogger("llama.cpp")
+_LOG_LEVELS = {
+    0: logging.CRITICAL,
+    1: logging.INFO,
+    2: logging.WARNING,
+    3: logging.ERROR,
+    4: logging.DEBUG,
+    5: logging.DEBUG,
+}
+_log_callback: Any = None
+
+
+def _route_llama_logs() -> None:
+    """Send llama.cpp's and ggml's log output to Lampchat's log file, never the terminal."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", errors="replace").rstrip()
+        if message:
+            _llama_log.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class _LogWriter(io.TextIOBase):
+    """A file object that writes lines to the log (for llama-cpp-python's own prints)."""
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            _llama_log.info("%s", text.rstrip())
+        return len(text)
+
+
+def default_threads() -> int:
+    """Physical cores, the thread count llama.cpp runs best with."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def _quantization(metadata: dict[str, str]) -> str:
+    import gguf
+
+    file_type = metadata.get("general.file_type")
+    if file_type is None:
+        return "unknown"
+    try:
+        name = gguf.LlamaFileType(int(file_type)).name
+    except ValueError:
+        return f"type {file_type}"
+    return name.removeprefix("MOSTLY_")
+
+
+class LlamaCppBackend(Backend):
+    """Runs GGUF models with llama.cpp; one instance owns one model and one context."""
+
+    name = "llama.cpp"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._llm: Any = None
+        self._template: ChatTemplate | None = None
+        self._abort_callback: Any = None
+        self._add_bos = True
+
+    def load(
+        self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
+    ) -> ModelInfo:
+        """Validate the GGUF file, then load it with the chat template from its metadata."""
+        report = progress or (lambda _f, _w: None)
+        path = Path(model).expanduser()
+        fmt = detect_format(path).format
+        if fmt != "gguf":
+            raise ModelLoadError(f"the llama.cpp backend reads GGUF files; {path} is {fmt}")
+        report(0.05, "checking file")
+        validate_gguf(path)
+        try:
+            import llama_cpp
+        except ImportError as exc:
+            raise ModelLoadError(f"llama-cpp-python is not installed ({exc})") from exc
+        _route_llama_logs()
+        n_gpu_layers = settings.n_gpu_layers
+        if settings.device == "cpu":
+            n_gpu_layers = 0
+        elif n_gpu_layers is None:
+            n_gpu_layers = -1 if gpu_offload_supported() else 0
+        threads = settings.n_threads or default_threads()
+        report(0.2, "loading weights")
+        sink = _LogWriter()
+        try:
+            # verbose=True keeps llama-cpp-python from redirecting file descriptors 1 and 2
+            # (which would blank a running TUI); its prints go to the log instead.
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=settings.n_ctx,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=n_gpu_layers,
+                    verbose=True,
+                    **settings.options.get("llama_kwargs", {}),
+                )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+        llm.verbose = False
+        self._llm = llm
+        report(0.9, "preparing context")
+        self._install_abort_callback()
+        metadata = dict(llm.metadata)
+        vocab = llm._model.vocab
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(vocab))
+        bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
+        eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
+        template_text = metadata.get("tokenizer.chat_template")
+        source = "gguf" if template_text else "fallback (ChatML)"
+        self._template = ChatTemplate(source, template_text or CHATML, bos, eos)
+        self.settings = settings
+        self.info = ModelInfo(
+            name=metadata.get("general.name") or path.stem,
+            path=str(path),
+            backend=self.name,
+            device=self._device_label(n_gpu_layers),
+            format="gguf",
+            quantization=_quantization(metadata),
+            n_params=int(llm._model.n_params()),
+            context_length=int(llm.n_ctx()),
+            file_size=path.stat().st_size,
+            chat_template_source=source,
+        )
+        report(1.0, "ready")
+        return self.info
+
+    def _device_label(self, n_gpu_layers: int) -> str:
+        if n_gpu_layers == 0 or not gpu_offload_supported():
+            return "cpu"
+        return "gpu"
+
+    def _install_abort_callback(self) -> None:
+        import llama_cpp
+
+        @llama_cpp.ggml_abort_callback
+        def should_abort(_data: ctypes.c_void_p) -> bool:
+            return self._cancel.is_set()
+
+        self._abort_callback = should_abort
+        llama_cpp.llama_set_abort_callback(self._llm._ctx.ctx, should_abort, ctypes.c_void_p(0))
+
+    def unload(self) -> None:
+        """Free the model, its context and their memory."""
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None
+        self._abort_callback = None
+        self.info = None
+        gc.collect()
+
+    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens for `messages`, rendered with the model's chat template."""
+        assert self._llm is not None and self._template is not None
+        prompt = self._template.render(messages)
+        add_bos = self._add_bos and not (
+            self._template.bos_token and prompt.startswith(self._template.bos_token)
+        )
+        return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Generate token by token, detokenizing and matching stop strings as it goes."""
+        import llama_cpp
+
+        llm = self._llm
+        if llm is None:
+            raise LampchatError("no model is loaded")
+        tokens = self.tokenize_prompt(messages)
+        n_ctx = llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise LampchatError(
+                f"the conversation is {len(tokens)} tokens, more than the context of {n_ctx}; "
+                "start a new conversation or raise the context length"
+            )
+        stats.prompt_tokens = len(tokens)
+        max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
+        if sampling.seed is not None:
+            llm.set_seed(sampling.seed)
+        else:
+            llm.set_seed(int.from_bytes(os.urandom(4), "little"))
+        temp = 0.0 if sampling.greedy else sampling.temperature
+        vocab = llm._model.vocab
+        utf8 = Utf8Assembler()
+        stops = StopMatcher(sampling.stop)
+        pending = 0
+        count = 0
+        stats.finish_reason = "stop"
+        generator = llm.generate(
+            tokens,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            temp=temp,
+            repeat_penalty=sampling.repeat_penalty,
+        )
+        try:
+            for token in generator:
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    break
+                count += 1
+                pending += 1
+                text, hit = stops.feed(utf8.feed(llm.detokenize([token])))
+                if text:
+                    yield Piece(text, pending)
+                    pending = 0
+                if hit:
+                    break
+                if count >= max_tokens:
+                    stats.finish_reason = "length"
+                    break
+        except RuntimeError as exc:
+            if not self._cancel.is_set():
+                raise LampchatError(f"llama.cpp failed while generating: {exc}") from exc
+            stats.finish_reason = "cancelled"
+        finally:
+            generator.close()
+        tail = stops.feed(utf8.flush())[0] + stops.flush()
+        if tail or pending:
+            yield Piece(tail, pending)

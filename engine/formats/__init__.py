@@ -1,0 +1,1 @@
+"""Model file formats: detection by content, validation and loaders."""

@@ -1,0 +1,219 @@
+"""The asyncio-facing engine: one thread owns the loaded model and runs one generation at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.backends.base import Backend, ProgressCallback
+from engine.errors import LampchatError
+from engine.metrics import ReplyClock
+from engine.models import resolve_backend, resolve_model
+from engine.registry import create_backend
+from engine.types import (
+    ChatMessage,
+    LoadSettings,
+    ModelInfo,
+    Piece,
+    ReplyMetrics,
+    SamplingParams,
+    StreamStats,
+)
+
+log = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+class Generation:
+    """One streaming reply. Iterate it for pieces; afterwards read `text`, `metrics`, `error`.
+
+    A backend failing mid-stream does not raise: the partial text is kept, and
+    `metrics.finish_reason` is "error" with `error` holding the one-line message.
+    """
+
+    def __init__(
+        self, worker: EngineWorker, messages: Sequence[ChatMessage], sampling: SamplingParams
+    ) -> None:
+        self._worker = worker
+        self._messages = list(messages)
+        self._sampling = sampling
+        self._cancel = threading.Event()
+        self.text = ""
+        self.metrics: ReplyMetrics | None = None
+        self.error: str | None = None
+
+    def cancel(self) -> None:
+        """Stop this reply within one token (thread-safe; harmless once finished)."""
+        self._cancel.set()
+        backend = self._worker.backend
+        if backend is not None and self._worker._running is self:
+            backend.cancel()
+
+    def __aiter__(self) -> AsyncIterator[Piece]:
+        return self._stream()
+
+    async def _stream(self) -> AsyncIterator[Piece]:
+        worker = self._worker
+        async with worker._lock:
+            if worker.backend is None:
+                raise LampchatError("no model is loaded")
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[object] = asyncio.Queue()
+            worker._running = self
+            future = loop.run_in_executor(worker._executor, self._run, worker.backend, loop, queue)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _DONE:
+                        break
+                    assert isinstance(item, Piece)
+                    self.text += item.text
+                    yield item
+            finally:
+                if not future.done():
+                    self.cancel()
+                await asyncio.shield(future)
+                worker._running = None
+
+    def _run(
+        self, backend: Backend, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object]
+    ) -> None:
+        """Engine thread: drive the backend's generator and hand pieces to the loop."""
+        put = queue.put_nowait
+        clock = ReplyClock()
+        stats = StreamStats()
+        backend.reset_cancel()
+        if self._cancel.is_set():
+            backend.cancel()
+        finish = None
+        try:
+            pieces = backend.stream(self._messages, self._sampling, stats)
+            try:
+                for piece in pieces:
+                    if self._cancel.is_set():
+                        break
+                    clock.token(piece.n_tokens)
+                    loop.call_soon_threadsafe(put, piece)
+            finally:
+                pieces.close()
+        except LampchatError as exc:
+            self.error = str(exc)
+        except Exception as exc:  # a backend failing mid-stream must not kill the app
+            log.exception("backend %s failed mid-stream", backend.name)
+            self.error = f"{backend.name} failed: {exc}"
+        clock.finish()
+        if self.error is not None:
+            finish = "error"
+        elif self._cancel.is_set() or backend.cancelled:
+            finish = "cancelled"
+        else:
+            finish = stats.finish_reason or "stop"
+        self.metrics = clock.metrics(
+            backend.info, stats.prompt_tokens, finish, stats.tokens_estimated, self.error
+        )
+        loop.call_soon_threadsafe(put, _DONE)
+
+
+class EngineWorker:
+    """Owns the loaded model on one dedicated thread; switch models without restarting."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lampchat-engine")
+        self._lock = asyncio.Lock()
+        self._running: Generation | None = None
+        self.backend: Backend | None = None
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """What is loaded, or None."""
+        return self.backend.info if self.backend else None
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation is running."""
+        return self._running is not None
+
+    async def load(
+        self,
+        model: str | None = None,
+        backend: str = "auto",
+        settings: LoadSettings | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> ModelInfo:
+        """Load a model (the default one when `model` is empty), replacing what is loaded.
+
+        `progress` is called from the engine thread. If the new model fails to
+        load, the previous one is loaded again and the error is raised.
+        """
+        settings = settings or LoadSettings()
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._load_sync, model, backend, settings, progress
+            )
+
+    def _load_sync(
+        self,
+        model: str | None,
+        backend_name: str,
+        settings: LoadSettings,
+        progress: ProgressCallback | None,
+    ) -> ModelInfo:
+        path = resolve_model(model)
+        name = resolve_backend(path, backend_name)
+        previous = self.backend
+        previous_spec = None
+        if previous is not None and previous.info is not None:
+            previous_spec = (previous.info.path, previous.name, getattr(previous, "settings", None))
+            self._unload_sync()
+        new = create_backend(name)
+        try:
+            new.load(path, settings, progress)
+        except Exception:
+            new.unload()
+            if previous_spec is not None:
+                self._reload(previous_spec)
+            raise
+        self.backend = new
+        return new.info  # type: ignore[return-value]
+
+    def _reload(self, spec: tuple[str, str, LoadSettings | None]) -> None:
+        path, name, settings = spec
+        try:
+            backend = create_backend(name)
+            backend.load(path, settings or LoadSettings())
+            self.backend = backend
+        except Exception:
+            log.exception("could not reload the previous model %s", path)
+
+    def _unload_sync(self) -> None:
+        if self.backend is not None:
+            self.backend.unload()
+            self.backend = None
+
+    async def unload(self) -> None:
+        """Unload the model and release its memory."""
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_sync)
+
+    def generate(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> Generation:
+        """Start a reply to `messages`; iterate the result to run it."""
+        sampling.validate()
+        return Generation(self, messages, sampling)
+
+    def cancel(self) -> None:
+        """Cancel the running generation, if any."""
+        if self._running is not None:
+            self._running.cancel()
+
+    async def close(self) -> None:
+        """Cancel, unload and stop the engine thread."""
+        self.cancel()
+        try:
+            await self.unload()
+        finally:
+            self._executor.shutdown(wait=True, cancel_futures=True)
