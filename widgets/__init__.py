@@ -1,0 +1,1 @@
+"""Reusable Textual widgets of Lampchat (they never import `app`)."""
