@@ -23,14 +23,9 @@ from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingPa
 
 log = logging.getLogger(__name__)
 _llama_log = logging.getLogger("llama.cpp")
-_LOG_LEVELS = {
-    0: logging.CRITICAL,
-    1: logging.INFO,
-    2: logging.WARNING,
-    3: logging.ERROR,
-    4: logging.DEBUG,
-    5: logging.DEBUG,
-}
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the last line)
+_LOG_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
+               4: logging.ERROR}
 _log_callback: Any = None
 
 

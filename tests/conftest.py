@@ -1,0 +1,51 @@
+"""Shared fixtures. Expensive artifacts are session-scoped and live in pytest tmp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.models import default_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep tests away from the real user's config, history and log files."""
+    home = tmp_path_factory.getbasetemp() / "home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local/share"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local/state"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    monkeypatch.setenv("LAMPCHAT_LOG_FILE", str(home / "lampchat.log"))
+
+
+@pytest.fixture(scope="session")
+def default_gguf() -> Path:
+    """The bundled SmolLM2-135M-Instruct Q4_1 GGUF."""
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def gguf_copy(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> Path:
+    """A second GGUF file (a copy of the default one), for model switching."""
+    path = tmp_path_factory.mktemp("models") / "second-model.gguf"
+    shutil.copyfile(default_gguf, path)
+    return path
+
+
+def run_lampchat(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+                 input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `lampchat` command (as `python -m app`) from this checkout."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "app", *args],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO, input=input,
+    )
