@@ -1,0 +1,189 @@
+"""One entry point that loads any supported checkpoint into one in-memory weight set.
+
+`load_model(path)` detects the format by content and returns a `LoadedModel`: an HF-style config,
+HF-named numpy weights (memory-mapped where the format allows), the tokenizer, the chat template
+and the end-of-generation ids. Native backends consume it; `lampchat convert` writes it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.chat_template import CHATML, ChatTemplate
+from engine.errors import ModelLoadError, UnknownFormatError
+from engine.formats.detect import detect_format
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint in memory: HF config, HF-named weights, tokenizer and chat template."""
+
+    config: dict[str, Any]
+    weights: dict[str, np.ndarray]
+    tokenizer: Any  # tokenizers.Tokenizer | None
+    template: ChatTemplate
+    eos_token_ids: list[int]
+    format: str
+    quantization: str
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_type(self) -> str:
+        """"llama" or "gpt2"."""
+        return str(self.config.get("model_type", ""))
+
+    @property
+    def n_params(self) -> int:
+        """Number of weights."""
+        return sum(int(a.size) for a in self.weights.values())
+
+
+def load_model(
+    path: str | Path, progress: Progress | None = None, dtype: Any = np.float32
+) -> LoadedModel:
+    """Load the model at `path` (file or folder), whatever its format.
+
+    Floating-point weights come back as `dtype` (float32 or float16). Raises ModelLoadError,
+    UnknownFormatError or UnsafeCheckpointError with a one-line message.
+    """
+    info = detect_format(path)
+    if info.format == "gguf":
+        return load_gguf(info.path, progress, dtype)
+    if info.format == "safetensors":
+        return load_hf(info.path, progress, dtype, "safetensors")
+    if info.format == "pytorch":
+        return load_hf(info.path, progress, dtype, "pytorch")
+    raise UnknownFormatError(
+        f"{info.format} models are not read by this loader (use the {info.format} backend): "
+        f"{info.path}"
+    )
+
+
+def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.float32) -> LoadedModel:
+    """Load a GGUF file: dequantized, un-permuted weights under HF names."""
+    from engine.formats.gguf_reader import GGUFModel
+    from engine.tokenizer import tokenizer_from_gguf_vocab, vocab_from_gguf_fields
+
+    model = GGUFModel(path)
+    config = model.config()
+    vocab = vocab_from_gguf_fields(model.field)
+    tokenizer = tokenizer_from_gguf_vocab(vocab) if vocab is not None else None
+    template_text = model.field("tokenizer.chat_template")
+    bos = vocab.token_text(vocab.bos_id) if vocab else ""
+    eos = vocab.token_text(vocab.eos_id) if vocab else ""
+    if template_text:
+        template = ChatTemplate("gguf", str(template_text), bos, eos)
+    else:
+        template = ChatTemplate("fallback", CHATML, bos, eos)
+    eos_ids = vocab.eos_ids() if vocab else []
+    if not eos_ids and config.get("eos_token_id") is not None:
+        eos_ids = [int(config["eos_token_id"])]
+    weights = model.weights(dtype, progress)
+    metadata = model.metadata
+    if vocab is not None:
+        metadata = {**metadata, "tokenizer.ggml.add_bos_token": vocab.add_bos}
+    return LoadedModel(
+        config=config,
+        weights=weights,
+        tokenizer=tokenizer,
+        template=template,
+        eos_token_ids=eos_ids,
+        format="gguf",
+        quantization=model.quantization,
+        path=Path(path),
+        metadata=metadata,
+    )
+
+
+def load_hf(
+    path: Path, progress: Progress | None = None, dtype: Any = np.float32,
+    fmt: str = "safetensors",
+) -> LoadedModel:
+    """Load an HF-style folder (or a lone weights file next to its config.json)."""
+    from engine.formats import hf_folder
+    from engine.tokenizer import load_tokenizer_json
+
+    folder = path if path.is_dir() else path.parent
+    config = hf_folder.read_config(folder)
+    model_type = config.get("model_type")
+    if model_type not in ("llama", "gpt2", "mistral"):
+        raise ModelLoadError(
+            f"model_type {model_type!r} is not supported by the native loader "
+            f"(supported: llama, gpt2): {folder}"
+        )
+    files = [path] if path.is_file() else _weight_files(folder, fmt)
+    if not files:
+        raise ModelLoadError(f"model folder holds no {fmt} weights: {folder}")
+    weights: dict[str, np.ndarray] = {}
+    for i, file in enumerate(files):
+        span = (i / len(files), (i + 1) / len(files))
+        for name, arr in _iter_file(file, fmt, dtype, progress, span):
+            weights[name] = arr
+    weights = normalize_names(weights, str(model_type))
+    tok_path = folder / "tokenizer.json"
+    tokenizer = load_tokenizer_json(tok_path) if tok_path.is_file() else None
+    quant = _dtype_name(weights)
+    return LoadedModel(
+        config=config,
+        weights=weights,
+        tokenizer=tokenizer,
+        template=hf_folder.chat_template(folder),
+        eos_token_ids=hf_folder.eos_token_ids(folder, config, tokenizer),
+        format=fmt,
+        quantization=quant,
+        path=Path(path),
+    )
+
+
+def _weight_files(folder: Path, fmt: str) -> list[Path]:
+    from engine.formats import hf_folder
+
+    if fmt == "safetensors":
+        return hf_folder.safetensors_files(folder)
+    from engine.formats.pytorch import pytorch_files
+
+    return pytorch_files(folder)
+
+
+def _iter_file(
+    file: Path, fmt: str, dtype: Any, progress: Progress | None, span: tuple[float, float]
+) -> Any:
+    if fmt == "safetensors":
+        from engine.formats.safetensors_io import iter_safetensors
+
+        return iter_safetensors(file, dtype, progress, span)
+    from engine.formats.pytorch import iter_pytorch
+
+    return iter_pytorch(file, dtype, progress, span)
+
+
+def normalize_names(weights: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+    """HF names as the native engine expects them (GPT-2 without the "transformer." prefix and
+    without its causal-mask buffers)."""
+    if model_type != "gpt2":
+        return weights
+    out: dict[str, np.ndarray] = {}
+    for name, arr in weights.items():
+        short = name.removeprefix("transformer.")
+        if short.endswith((".attn.bias", ".attn.masked_bias")) and arr.ndim == 4:
+            continue  # the causal mask buffer of old GPT-2 checkpoints
+        out[short] = arr
+    return out
+
+
+def _dtype_name(weights: dict[str, np.ndarray]) -> str:
+    counts: dict[str, int] = {}
+    for arr in weights.values():
+        counts[arr.dtype.name] = counts.get(arr.dtype.name, 0) + int(arr.size)
+    if not counts:
+        return "unknown"
+    name = max(counts, key=counts.__getitem__)
+    return {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(name, name.upper())

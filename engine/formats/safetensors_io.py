@@ -1,0 +1,134 @@
+"""safetensors files: a validating, memory-mapped reader and a writer.
+
+Reading maps the file and returns numpy views, so loading costs no copy unless a dtype change is
+asked for. The header is checked before anything is mapped: a damaged file gets a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelLoadError
+
+Progress = Callable[[float, str], None]
+
+DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(np.uint16),  # widened to float32 on load
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "U16": np.dtype(np.uint16),
+    "U32": np.dtype(np.uint32),
+    "U64": np.dtype(np.uint64),
+    "BOOL": np.dtype(np.bool_),
+}
+MAX_HEADER = 100 * 1024 * 1024
+
+
+def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 bits (stored as uint16) to float32."""
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and the offset its data starts at.
+
+    Raises ModelLoadError when the file is not a well-formed safetensors file.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ModelLoadError(f"safetensors file is truncated (no header): {path}")
+            (n,) = struct.unpack("<Q", head)
+            if n < 2 or n > MAX_HEADER or 8 + n > size:
+                raise ModelLoadError(f"safetensors header is damaged or truncated: {path}")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"safetensors header is not valid JSON: {path}") from exc
+    if not isinstance(header, dict):
+        raise ModelLoadError(f"safetensors header is not a JSON object: {path}")
+    data_start = 8 + n
+    data_len = size - data_start
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dt = DTYPES[info["dtype"]]
+            shape = [int(d) for d in info["shape"]]
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"safetensors entry {name!r} is malformed or has an unknown dtype: {path}"
+            ) from exc
+        expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        if end - begin != expected or begin < 0:
+            raise ModelLoadError(
+                f"safetensors entry {name!r} holds {end - begin} bytes, its shape needs "
+                f"{expected}: {path}"
+            )
+        if end > data_len:
+            raise ModelLoadError(
+                f"safetensors file is truncated ({name!r} ends past the end of the file): {path}"
+            )
+    return header, data_start
+
+
+def tensor_names(path: Path) -> list[str]:
+    """Names of the tensors in a safetensors file."""
+    header, _ = read_header(path)
+    return [k for k in header if k != "__metadata__"]
+
+
+def iter_safetensors(
+    path: Path, dtype: Any = None, progress: Progress | None = None,
+    progress_range: tuple[float, float] = (0.0, 1.0),
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, array) from a safetensors file, memory-mapped.
+
+    Floating-point tensors are cast to `dtype` when given (a copy); bfloat16 always becomes
+    float32 (or `dtype`). Other tensors keep their dtype.
+    """
+    header, start = read_header(path)
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if entries else None
+    lo, hi = progress_range
+    want = np.dtype(dtype) if dtype is not None else None
+    for n, (name, info) in enumerate(entries, 1):
+        begin, end = (int(o) for o in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
+        assert mm is not None
+        arr = mm[start + begin : start + end].view(DTYPES[info["dtype"]]).reshape(shape)
+        if info["dtype"] == "BF16":
+            arr = bf16_to_f32(arr)
+        if want is not None and arr.dtype.kind == "f" and arr.dtype != want:
+            arr = arr.astype(want)
+        if progress is not None:
+            progress(lo + (hi - lo) * n / len(entries), name)
+        yield name, arr
+
+
+def save_safetensors(
+    tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write `tensors` to `path` in safetensors format (contiguous copies where needed)."""
+    from safetensors.numpy import save_file
+
+    data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    save_file(data, str(path), metadata={"format": "pt", **(metadata or {})})
