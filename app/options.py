@@ -32,6 +32,14 @@ def _ranged(
     return parse
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """--config PATH (else $LAMPCHAT_CONFIG, else the platform's config dir)."""
+    parser.add_argument(
+        "--config", metavar="PATH", help="config file (default: $LAMPCHAT_CONFIG or the "
+        "platform's config dir, see `lampchat config path`)"
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
     """--model, --backend, --threads, --ctx, --gpu-layers."""
     group = parser.add_argument_group("model")
