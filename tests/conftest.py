@@ -49,3 +49,17 @@ def run_lampchat(*args: str, env: dict[str, str] | None = None, timeout: float =
         [sys.executable, "-m", "app", *args],
         capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO, input=input,
     )
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> Path:
+    """The default GGUF converted by the real `lampchat convert` into an HF-style folder
+    (config.json, float32 model.safetensors, tokenizer.json, tokenizer_config.json)."""
+    base = tmp_path_factory.mktemp("smollm2-hf")
+    out = base / "SmolLM2-135M-Instruct"
+    result = run_lampchat(
+        "convert", str(default_gguf), "-o", str(out),
+        env={"LAMPCHAT_LOG_FILE": str(base / "convert.log")},
+    )
+    assert result.returncode == 0, result.stderr
+    return out

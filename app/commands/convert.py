@@ -1,0 +1,58 @@
+"""`lampchat convert SRC -o DIR`: write an HF-style folder from a GGUF, PyTorch or safetensors
+model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from app.progress import stderr_progress
+from engine.convert import DTYPES, convert
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `convert`."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a GGUF or PyTorch model to an HF-style folder (safetensors)",
+        description="Write config.json, model.safetensors, tokenizer.json and "
+        "tokenizer_config.json (with the chat template) into DIR.",
+    )
+    parser.add_argument("src", metavar="SRC", help="model file or folder to convert")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="weight type (default float32)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write into DIR even if it is not empty"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `convert`; returns the exit status."""
+    progress = stderr_progress("converting") or _line_progress()
+    start = time.monotonic()
+    result = convert(args.src, args.output, args.dtype, progress, args.force)
+    elapsed = time.monotonic() - start
+    print(
+        f"converted {args.src} ({result.source_format}, {result.quantization}) -> "
+        f"{result.out_dir}: {result.n_tensors} tensors, {result.n_params / 1e6:.1f}M params, "
+        f"{args.dtype}, {result.bytes_written / 1e6:.0f} MB in {elapsed:.1f}s"
+    )
+    return 0
+
+
+def _line_progress() -> Any:
+    """Progress as a few plain lines on stderr (when it is not a terminal)."""
+    shown = [-1]
+
+    def report(fraction: float, what: str) -> None:
+        step = int(fraction * 4)  # 0%, 25%, 50%, 75%, 100%
+        if step > shown[0]:
+            shown[0] = step
+            print(f"converting: {fraction:4.0%} {what}", file=sys.stderr, flush=True)
+
+    return report

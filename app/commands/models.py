@@ -1,0 +1,72 @@
+"""`lampchat models`: the default model and the models found in `model.dirs` and `--dir` folders,
+with their detected format, size, quantization, parameters and context length."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from app.options import add_config_option
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register `models`."""
+    parser = subparsers.add_parser(
+        "models", help="list the default model and the models in your model folders"
+    )
+    parser.add_argument(
+        "--dir", "-d", action="append", default=[], metavar="PATH",
+        help="also scan this folder (repeatable; adds to `model.dirs` from the config)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON array")
+    add_config_option(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `models`; returns the exit status (damaged models are listed, not fatal)."""
+    from app.config import load_config
+    from app.model_catalog import list_models
+
+    config = load_config(args.config, create=False)
+    if args.dir:
+        dirs = [*config.get("model.dirs"), *args.dir]
+        config = load_config(args.config, cli={"model.dirs": dirs}, create=False)
+    for warning in getattr(config, "warnings", []):
+        print(f"lampchat: warning: {warning}", file=sys.stderr)
+    entries = list_models(config)
+    if args.json:
+        print(json.dumps([asdict(e) for e in entries], indent=2, ensure_ascii=False))
+    else:
+        print(render_table(entries))
+    return 0
+
+
+def render_table(entries: list[Any]) -> str:
+    """A plain-text table, one model a row; a damaged model's row carries its error."""
+    from widgets.model_entry import format_context, format_params, format_size
+
+    header = ("NAME", "FORMAT", "SIZE", "QUANT", "PARAMS", "CONTEXT", "PATH")
+    rows: list[tuple[str, ...]] = []
+    errors: dict[int, str] = {}
+    for e in entries:
+        name = f"{e.name} (default)" if e.is_default else e.name
+        if e.error:
+            errors[len(rows)] = e.error
+            rows.append((name, e.format, format_size(e.file_size), "-", "-", "-", e.path))
+            continue
+        rows.append((name, e.format, format_size(e.file_size), e.quantization or "-",
+                     format_params(e.n_params), format_context(e.context_length), e.path))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for n, row in enumerate([header, *rows]):
+        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+        if n - 1 in errors:
+            lines.append(f"    error: {errors[n - 1]}")
+    if not rows:
+        lines.append("(no models found)")
+    return "\n".join(lines)
