@@ -1,0 +1,301 @@
+"""The models the picker offers: the default model and every model under `model.dirs`.
+
+Headless (no Textual). Models are recognised by content (`engine.formats.detect`), never by
+file name; folders are scanned recursively, a folder that is itself a model (an HF-style
+folder) is listed as one entry. A damaged model is listed with its error rather than
+skipped, and nothing here raises for a bad file. Header metadata is cached in
+`<cache dir>/model-catalog.json`, keyed by path, size and modification time, so opening the
+picker again costs one stat per model.
+
+Remote models (entries with `endpoint` set) are added by the remote backend's lister.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from app.model_metadata import ModelMeta, read_metadata
+from engine.errors import LampchatError, UnknownFormatError
+from engine.formats.detect import detect_format
+from engine.models import default_model_path
+from engine.registry import FORMAT_BACKENDS
+from widgets.model_entry import ModelEntry
+
+if TYPE_CHECKING:
+    from app.config import Config
+
+log = logging.getLogger(__name__)
+
+CACHE_FILE = "model-catalog.json"
+CACHE_VERSION = 1
+MAX_FILES_SCANNED = 50_000
+"""Stop scanning a folder tree after this many files (e.g. `model.dirs = ["~"]`)."""
+MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".npz"})
+"""Files with these names that are not recognised are listed as damaged, not skipped."""
+
+
+def list_models(
+    config: Config | None = None, *, cache_path: Path | None = None
+) -> list[ModelEntry]:
+    """The default model first, then every model found under `model.dirs`, sorted by name.
+
+    `config` None means the defaults (the bundled model only). `cache_path` overrides where
+    metadata is cached (default: `<model.cache_dir>/model-catalog.json`).
+    """
+    preferred = config.backend() if config is not None else "auto"
+    dirs = config.model_dirs() if config is not None else []
+    if cache_path is None:
+        cache_path = _default_cache_path(config)
+    cache = MetadataCache(cache_path)
+    found = [e for e in (describe(p, cache, preferred, explicit=False) for p in find_models(dirs))
+             if e is not None]
+    default = _default_entry(config, found, cache, preferred)
+    cache.save()
+    default_real = os.path.realpath(default.path) if default and default.path else None
+    others = [e for e in found if os.path.realpath(e.path) != default_real]
+    others.sort(key=lambda e: (e.name.casefold(), e.path))
+    return ([default] if default else []) + others
+
+
+def _default_cache_path(config: Config | None) -> Path:
+    if config is not None:
+        return config.cache_dir() / CACHE_FILE
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("lampchat", appauthor=False)) / CACHE_FILE
+
+
+def _default_entry(config: Config | None, found: list[ModelEntry], cache: MetadataCache,
+                   preferred: str) -> ModelEntry | None:
+    """The configured default model (or the bundled one), marked `is_default`."""
+    wanted = config.model() if config is not None else None
+    if not wanted:
+        try:
+            path = default_model_path()
+        except LampchatError as exc:
+            return ModelEntry("default model", "", "unknown", error=str(exc), is_default=True)
+        return _as_default(describe(path, cache, preferred))
+    candidate = Path(wanted).expanduser()
+    if candidate.exists():
+        return _as_default(describe(candidate.resolve(), cache, preferred))
+    for entry in found:  # a name from model.dirs
+        if wanted in (entry.name, Path(entry.path).name):
+            return _as_default(entry)
+    return ModelEntry(wanted, wanted, "unknown", error=f"model not found: {wanted}",
+                      is_default=True)
+
+
+def _as_default(entry: ModelEntry | None) -> ModelEntry | None:
+    return replace(entry, is_default=True) if entry is not None else None
+
+
+# -- scanning ---------------------------------------------------------------------------------
+
+
+def find_models(dirs: list[Path]) -> Iterator[Path]:
+    """Candidate models under `dirs`: model folders and files that look like models.
+
+    Hidden files and folders are skipped; folder symlinks are followed once (loops are cut).
+    Files inside a model folder, or that are the blobs a model folder links to (as in the
+    Hugging Face cache), are not listed again.
+    """
+    folders: list[Path] = []
+    files: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    budget = [MAX_FILES_SCANNED]
+    for root in dirs:
+        if not root.is_dir():
+            log.info("model dir %s does not exist or is not a folder; skipped", root)
+            continue
+        _walk(root, folders, files, seen_dirs, budget)
+    claimed: set[str] = set()
+    for folder in folders:
+        for sub, _dirs, names in os.walk(folder, followlinks=True):
+            claimed.update(os.path.realpath(os.path.join(sub, n)) for n in names)
+    seen: set[str] = set()
+    for path, is_file in [*((f, False) for f in folders), *((f, True) for f in files)]:
+        real = os.path.realpath(path)
+        if real in seen or (is_file and real in claimed):
+            continue
+        seen.add(real)
+        yield path
+
+
+def _walk(folder: Path, folders: list[Path], files: list[Path],
+          seen_dirs: set[tuple[int, int]], budget: list[int]) -> None:
+    try:
+        st = folder.stat()
+    except OSError:
+        return
+    if (st.st_dev, st.st_ino) in seen_dirs:
+        return
+    seen_dirs.add((st.st_dev, st.st_ino))
+    if _is_model_folder(folder):
+        folders.append(folder)
+        return
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as exc:
+        log.info("cannot list %s: %s", folder, exc)
+        return
+    for child in children:
+        if child.name.startswith(".") or budget[0] <= 0:
+            continue
+        budget[0] -= 1
+        try:
+            is_dir = child.is_dir()
+        except OSError:
+            continue
+        if is_dir:
+            _walk(child, folders, files, seen_dirs, budget)
+        elif child.is_file():
+            files.append(child)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether the folder itself is a model (not merely a folder holding one GGUF file)."""
+    try:
+        info = detect_format(folder)
+    except UnknownFormatError:
+        return False
+    except LampchatError:
+        # A damaged model folder (say, a missing shard) is still a model: list it.
+        return (folder / "config.json").is_file()
+    except Exception:
+        log.warning("detecting the format of %s failed", folder, exc_info=True)
+        return False
+    return info.path == folder
+
+
+# -- describing ---------------------------------------------------------------------------------
+
+
+def describe(path: Path, cache: MetadataCache | None = None, preferred: str = "auto", *,
+             explicit: bool = True) -> ModelEntry | None:
+    """A picker entry for the model at `path`; a damaged model gets `error`.
+
+    A file found by scanning (`explicit` False) whose content is no known format and whose
+    name does not look like a model (README.md, tokenizer.json, ...) gives None.
+    """
+    name = display_name(path)
+    try:
+        info = detect_format(path)
+    except UnknownFormatError as exc:
+        if not explicit and path.suffix.lower() not in MODEL_SUFFIXES:
+            return None
+        return ModelEntry(name, str(path), "unknown", file_size=_size(path), error=str(exc))
+    except LampchatError as exc:
+        return ModelEntry(name, str(path), "damaged", file_size=_size(path), error=str(exc))
+    except Exception as exc:  # never let one file break the listing
+        log.warning("detecting the format of %s failed", path, exc_info=True)
+        return ModelEntry(name, str(path), "unknown", error=f"cannot read {path}: {exc}")
+    path = info.path  # a folder holding one GGUF file is that file
+    meta = cache.get(path, info.format) if cache is not None else read_metadata(path, info.format)
+    return ModelEntry(
+        name=display_name(path),
+        path=str(path),
+        format=info.format,
+        backends=_backends(info.format, preferred),
+        file_size=meta.file_size,
+        quantization=meta.quantization,
+        n_params=meta.n_params,
+        context_length=meta.context_length,
+        error=meta.error,
+    )
+
+
+def display_name(path: Path) -> str:
+    """A file's name without its extension; a folder's name (`org/name` in the HF cache)."""
+    if path.is_dir():
+        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            return path.parent.parent.name.removeprefix("models--").replace("--", "/")
+        return path.name
+    return path.stem if path.suffix else path.name
+
+
+def _backends(fmt: str, preferred: str) -> tuple[str, ...]:
+    backends = FORMAT_BACKENDS.get(fmt, ())
+    if preferred in backends:
+        return (preferred, *[b for b in backends if b != preferred])
+    return backends
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+# -- the metadata cache -------------------------------------------------------------------------
+
+
+def _signature(path: Path) -> list[int] | None:
+    """Size and modification time of a file, or of a folder's newest file; None if unreadable."""
+    try:
+        if not path.is_dir():
+            st = path.stat()
+            return [st.st_size, st.st_mtime_ns]
+        size, newest, count = 0, path.stat().st_mtime_ns, 0
+        for root, _dirs, names in os.walk(path, followlinks=True):
+            for n in names:
+                st = os.stat(os.path.join(root, n))
+                size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
+        return [size, newest, count]
+    except OSError:
+        return None
+
+
+class MetadataCache:
+    """`read_metadata` results kept in a JSON file, valid while a model's signature holds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._old: dict[str, Any] = {}
+        self._new: dict[str, Any] = {}
+        self._dirty = False
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
+                self._old = data.get("models") or {}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.info("ignoring the model metadata cache %s: %s", path, exc)
+
+    def get(self, path: Path, fmt: str) -> ModelMeta:
+        """The metadata of `path`, from the cache when its signature matches."""
+        key = f"{fmt}:{path}"
+        signature = _signature(path)
+        cached = self._old.get(key)
+        if signature is not None and isinstance(cached, dict) and cached.get("sig") == signature:
+            try:
+                meta = ModelMeta(**cached["meta"])
+            except (TypeError, KeyError):
+                meta = None
+            if meta is not None:
+                self._new[key] = cached
+                return meta
+        meta = read_metadata(path, fmt)
+        if signature is not None:
+            self._new[key] = {"sig": signature, "meta": asdict(meta)}
+        self._dirty = True
+        return meta
+
+    def save(self) -> None:
+        """Write the entries used by this listing (best effort: a failure is only logged)."""
+        if not self._dirty and self._new.keys() == self._old.keys():
+            return
+        from app.atomic_file import atomic_write_text
+
+        try:
+            text = json.dumps({"version": CACHE_VERSION, "models": self._new}, indent=0)
+            atomic_write_text(self.path, text)
+        except OSError as exc:
+            log.info("could not write the model metadata cache %s: %s", self.path, exc)
