@@ -73,7 +73,7 @@ def unpermute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     rows = weight.shape[0]
     rest = weight.shape[1:]
     return (
-        weight.reshape(n_head, 2, rows // n_head // 2, *rest)
+        weight.reshape(n_head, rows // n_head // 2, 2, *rest)
         .swapaxes(1, 2)
         .reshape(weight.shape)
     )
@@ -84,7 +84,7 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
     rows = weight.shape[0]
     rest = weight.shape[1:]
     return (
-        weight.reshape(n_head, rows // n_head // 2, 2, *rest)
+        weight.reshape(n_head, 2, rows // n_head // 2, *rest)
         .swapaxes(1, 2)
         .reshape(weight.shape)
     )
