@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from engine.devices import parse_device
+from engine.errors import LampchatError
 from engine.types import LoadSettings, SamplingParams
 
 
@@ -40,8 +42,21 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_history_options(parser: argparse.ArgumentParser) -> None:
+    """--save-history PATH and --load-history PATH (see README "History file format")."""
+    group = parser.add_argument_group("history")
+    group.add_argument(
+        "--load-history", metavar="PATH",
+        help="start from the conversation in PATH; the model sees it as context",
+    )
+    group.add_argument(
+        "--save-history", metavar="PATH",
+        help="write the conversation to PATH as it happens (kept on Ctrl+C, SIGTERM, SIGHUP)",
+    )
+
+
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --backend, --threads, --ctx, --gpu-layers."""
+    """--model, --backend, --threads, --ctx, --gpu-layers, --device."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -59,6 +74,41 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--gpu-layers", type=_ranged(int, -1), metavar="N", help="layers to offload (-1: all)"
     )
+    group.add_argument(
+        "--device", type=_device, metavar="DEV",
+        help="auto, cpu, gpu, cuda, metal, opencl, ... or KIND:N (see `lampchat devices`)",
+    )
+    add_remote_options(parser)
+
+
+class _SelectsRemote(argparse.Action):
+    """Stores the value; makes the backend "remote" unless --backend names one."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        if getattr(namespace, "backend", None) is None:
+            namespace.backend = "remote"
+
+
+def add_remote_options(parser: argparse.ArgumentParser) -> None:
+    """--base-url, --api-key-env, --endpoint: an OpenAI-compatible server (see app.remote_catalog).
+    """
+    group = parser.add_argument_group("remote server (OpenAI-compatible; implies --backend remote)")
+    group.add_argument("--base-url", metavar="URL", action=_SelectsRemote,
+                       help="the server, e.g. http://127.0.0.1:8080/v1 (--model: its model name)")
+    group.add_argument("--api-key-env", metavar="VAR", action=_SelectsRemote,
+                       help="environment variable holding the server's API key")
+    group.add_argument("--endpoint", metavar="NAME", action=_SelectsRemote,
+                       help="a [remote.NAME] endpoint from the config")
+
+
+def _device(text: str) -> str:
+    try:
+        parse_device(text)
+    except LampchatError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lower()
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -97,7 +147,7 @@ def sampling_from_args(
 def load_settings_from_args(
     args: argparse.Namespace, base: LoadSettings | None = None
 ) -> LoadSettings:
-    """`base` with --threads, --ctx and --gpu-layers applied."""
+    """`base` with --threads, --ctx, --gpu-layers and --device applied."""
     settings = replace(base or LoadSettings())
     if getattr(args, "threads", None) is not None:
         settings.n_threads = args.threads
@@ -105,4 +155,11 @@ def load_settings_from_args(
         settings.n_ctx = args.ctx
     if getattr(args, "gpu_layers", None) is not None:
         settings.n_gpu_layers = args.gpu_layers
+    if getattr(args, "device", None) is not None:
+        settings.device = args.device
+    from app.remote_catalog import remote_options_from_args  # here: loads httpx only when run
+
+    remote = remote_options_from_args(args)
+    if remote:  # the remote backend's endpoint: --base-url, --api-key-env, --endpoint, config
+        settings.options = {**settings.options, **remote}
     return settings

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from engine.backends.base import Backend, ProgressCallback
 from engine.errors import LampchatError
 from engine.metrics import ReplyClock
-from engine.models import resolve_backend, resolve_model
+from engine.models import resolve_model
 from engine.registry import create_backend
+from engine.selection import Candidate, load_with_fallback, plan_load
 from engine.types import (
     ChatMessage,
     LoadSettings,
@@ -126,6 +129,8 @@ class EngineWorker:
         self._lock = asyncio.Lock()
         self._running: Generation | None = None
         self.backend: Backend | None = None
+        self.fallback_note: str | None = None
+        """What failed before the loaded backend/device was chosen (None: the first choice)."""
 
     @property
     def info(self) -> ModelInfo | None:
@@ -143,17 +148,20 @@ class EngineWorker:
         backend: str = "auto",
         settings: LoadSettings | None = None,
         progress: ProgressCallback | None = None,
+        fallback: Sequence[str] | None = None,
     ) -> ModelInfo:
         """Load a model (the default one when `model` is empty), replacing what is loaded.
 
-        `progress` is called from the engine thread. If the new model fails to
-        load, the previous one is loaded again and the error is raised.
+        `progress` is called from the engine thread. Backend and device are chosen by
+        `engine.selection.plan_load` (`settings.device`, `fallback`); when a choice fails to
+        load the next is tried and `fallback_note` says what failed and what was chosen.
+        If nothing loads, the previous model is loaded again and the error is raised.
         """
         settings = settings or LoadSettings()
         async with self._lock:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(
-                self._executor, self._load_sync, model, backend, settings, progress
+                self._executor, self._load_sync, model, backend, settings, progress, fallback
             )
 
     def _load_sync(
@@ -162,19 +170,29 @@ class EngineWorker:
         backend_name: str,
         settings: LoadSettings,
         progress: ProgressCallback | None,
+        fallback: Sequence[str] | None = None,
     ) -> ModelInfo:
         path = resolve_model(model)
-        name = resolve_backend(path, backend_name)
+        plan = plan_load(path, backend_name, settings.device, fallback)
         previous = self.backend
         previous_spec = None
         if previous is not None and previous.info is not None:
             previous_spec = (previous.info.path, previous.name, getattr(previous, "settings", None))
             self._unload_sync()
-        new = create_backend(name)
+
+        def attempt(candidate: Candidate) -> Backend:
+            new = create_backend(candidate.backend)
+            try:
+                new.load(path, replace(settings, device=candidate.device), progress)
+            except BaseException:
+                with contextlib.suppress(Exception):  # keep the load error, not a cleanup one
+                    new.unload()
+                raise
+            return new
+
         try:
-            new.load(path, settings, progress)
+            new, _chosen, self.fallback_note = load_with_fallback(plan, attempt)
         except Exception:
-            new.unload()
             if previous_spec is not None:
                 self._reload(previous_spec)
             raise

@@ -7,9 +7,14 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
+from app.config import load_config
+from app.history import ConversationWriter, Message, load_conversation_file, new_conversation
 from app.options import (
+    add_config_option,
+    add_history_options,
     add_model_options,
     add_sampling_options,
     load_settings_from_args,
@@ -17,7 +22,6 @@ from app.options import (
 )
 from app.progress import stderr_progress
 from engine.errors import LampchatError
-from engine.types import ChatMessage
 from engine.worker import EngineWorker
 
 
@@ -28,6 +32,8 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
     add_model_options(parser)
     add_sampling_options(parser)
+    add_history_options(parser)
+    add_config_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -40,12 +46,30 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _ask(args: argparse.Namespace, prompt: str) -> int:
-    sampling = sampling_from_args(args)
+    config = load_config(args.config)  # flags > environment > config file > defaults
+    for warning in config.warnings:
+        print(f"lampchat: warning: {warning}", file=sys.stderr)
+    sampling = sampling_from_args(args, config.sampling())
     sampling.validate()
-    settings = load_settings_from_args(args)
-    messages = [ChatMessage("user", prompt)]
-    if args.system:
-        messages.insert(0, ChatMessage("system", args.system))
+    settings = load_settings_from_args(args, config.load_settings())
+    model = args.model or config.model()
+    backend = args.backend or config.backend()
+
+    # the conversation: --load-history's (its system prompt kept) or a new one
+    if args.load_history:
+        conv = load_conversation_file(args.load_history)
+        for problem in conv.problems:
+            print(f"lampchat: warning: {problem}", file=sys.stderr)
+    else:
+        conv = new_conversation(config.system_prompt() or "")
+    if args.system is not None:
+        conv.system_prompt = args.system
+    writer = ConversationWriter()
+    conv.path = None
+    writer.append(conv, Message("user", prompt))
+    if args.save_history:  # written now: the prompt is kept whatever happens next
+        writer.write_all(conv, Path(args.save_history).expanduser())
+    messages = conv.chat_messages()
 
     worker = EngineWorker()
     loop = asyncio.get_running_loop()
@@ -57,20 +81,26 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
         if generation is not None:
             generation.cancel()
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in _SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         progress = None if args.json else stderr_progress("loading model")
-        info = await worker.load(args.model, args.backend or "auto", settings, progress)
+        info = await worker.load(model, backend, settings, progress)
+        if worker.fallback_note:
+            print(f"lampchat: fell back: {worker.fallback_note}", file=sys.stderr)
         if interrupted:
             return 128 + interrupted[0]
         generation = worker.generate(messages, sampling)
+        writer.begin_reply(conv, model=info.name, backend=info.backend)
         async for piece in generation:
             if not args.json:
                 sys.stdout.write(piece.text)
                 sys.stdout.flush()
+            writer.update_partial(conv, generation.text)
         metrics = generation.metrics
         assert metrics is not None
+        writer.finish_reply(conv, generation.text, metrics=metrics.to_dict(),
+                            interrupted=metrics.finish_reason in ("cancelled", "error"))
         if args.json:
             out = {
                 "text": generation.text,
@@ -85,9 +115,16 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
             return 1
         return 128 + interrupted[0] if interrupted else 0
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        writer.interrupt_all()  # a reply cut short by an exception is kept, marked interrupted
+        for signum in _SIGNALS:
             loop.remove_signal_handler(signum)
         await worker.close()
+
+
+_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+"""Signals that stop the reply; what was generated so far is still printed and saved."""
 
 
 _JSON_FIELDS = (
