@@ -7,7 +7,10 @@ skipped, and nothing here raises for a bad file. Header metadata is cached in
 `<cache dir>/model-catalog.json`, keyed by path, size and modification time, so opening the
 picker again costs one stat per model.
 
-Remote models (entries with `endpoint` set) are added by the remote backend's lister.
+Remote models come from the `[remote.NAME]` endpoints (`app.remote_catalog`): each is an
+entry with `format` "remote", backend "remote" and `endpoint` set; an endpoint that cannot be
+reached is one entry whose `error` says why. Asking servers takes up to a few seconds, so the
+picker lists local models first (`include_remote=False`) and adds `remote_entries` after.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from engine.errors import LampchatError, UnknownFormatError
 from engine.formats.detect import detect_format
 from engine.models import default_model_path
 from engine.registry import FORMAT_BACKENDS
-from widgets.model_entry import ModelEntry
+from engine.types import LoadSettings
+from widgets.model_entry import ModelChoice, ModelEntry
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -41,9 +45,10 @@ MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".c
 
 
 def list_models(
-    config: Config | None = None, *, cache_path: Path | None = None
+    config: Config | None = None, *, cache_path: Path | None = None, include_remote: bool = True
 ) -> list[ModelEntry]:
-    """The default model first, then every model found under `model.dirs`, sorted by name.
+    """The default model first, then every model found under `model.dirs` sorted by name,
+    then (with `include_remote`) the models of the remote endpoints.
 
     `config` None means the defaults (the bundled model only). `cache_path` overrides where
     metadata is cached (default: `<model.cache_dir>/model-catalog.json`).
@@ -60,7 +65,56 @@ def list_models(
     default_real = os.path.realpath(default.path) if default and default.path else None
     others = [e for e in found if os.path.realpath(e.path) != default_real]
     others.sort(key=lambda e: (e.name.casefold(), e.path))
-    return ([default] if default else []) + others
+    remote = remote_entries(config) if include_remote else []
+    if default is not None and default.format == "remote":
+        remote = [e for e in remote if (e.path, e.endpoint) != (default.path, default.endpoint)]
+    return ([default] if default else []) + others + remote
+
+
+def remote_entries(config: Config | None) -> list[ModelEntry]:
+    """The models served by the `[remote.NAME]` endpoints (asked in parallel, briefly).
+
+    An endpoint that cannot be reached or lists nothing gives one entry with `error` set.
+    """
+    if config is None or not config.endpoint_names():
+        return []
+    try:
+        from app.remote_catalog import list_remote_models
+    except ImportError:  # the remote backend is not part of this install
+        return []
+    problems: list[str] = []
+    try:
+        found = list_remote_models(config, problems)
+    except Exception as exc:  # never let a server break the listing
+        log.warning("listing remote models failed", exc_info=True)
+        problems.append(f"remote models: {exc}")
+        found = []
+    entries = [
+        ModelEntry(name=r.label, path=r.model, format="remote", backends=("remote",),
+                   context_length=r.context_length, endpoint=r.endpoint)
+        for r in found
+    ]
+    served = {r.endpoint for r in found}
+    for name in config.endpoint_names():
+        if name in served:
+            continue
+        why = next((p for p in problems if repr(name) in p), f"{name}: the server lists no models")
+        entries.append(ModelEntry(f"{name} (remote)", "", "remote", ("remote",), endpoint=name,
+                                  error=why))
+    return entries
+
+
+def load_settings_for(choice: ModelChoice, config: Config | None,
+                      base: LoadSettings) -> LoadSettings:
+    """The settings to load `choice` with: `base`, plus its endpoint's options when remote."""
+    if not choice.endpoint or config is None:
+        return base
+    from app.remote_catalog import endpoint_options, with_remote_options
+
+    values = config.remote_endpoints().get(choice.endpoint)
+    if values is None:
+        return base
+    return with_remote_options(base, endpoint_options(choice.endpoint, values))
 
 
 def _default_cache_path(config: Config | None) -> Path:
@@ -87,6 +141,9 @@ def _default_entry(config: Config | None, found: list[ModelEntry], cache: Metada
     for entry in found:  # a name from model.dirs
         if wanted in (entry.name, Path(entry.path).name):
             return _as_default(entry)
+    if config is not None and config.backend() == "remote":  # a model id on the server
+        return ModelEntry(wanted, wanted, "remote", ("remote",), endpoint=config.default_endpoint(),
+                          is_default=True)
     return ModelEntry(wanted, wanted, "unknown", error=f"model not found: {wanted}",
                       is_default=True)
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
+import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,10 @@ from safetensors.numpy import save_file
 
 from app import model_catalog, model_metadata
 from app.config import load_config
-from app.model_catalog import list_models
+from app.model_catalog import list_models, load_settings_for
 from engine.formats.gguf_reader import GGUFModel
+from engine.types import LoadSettings
+from widgets.model_entry import ModelChoice
 
 SMOL_PARAMS = 134_515_008
 
@@ -255,3 +260,78 @@ def test_damaged_gguf_headers_never_raise(tmp_path: Path, default_gguf: Path) ->
         meta = model_metadata.read_metadata(path, "gguf")
         assert meta.error, name
         assert meta.file_size == len(blob)
+
+
+class _ModelsHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path != "/v1/models":
+            self.send_error(404)
+            return
+        body = json.dumps({"object": "list", "data": [
+            {"id": "llama3:8b", "object": "model", "owned_by": "me", "context_length": 8192},
+            {"id": "/srv/models/qwen-0.5b.gguf", "object": "model"},
+        ]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def models_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_endpoints_are_listed_with_their_names(tmp_path: Path, models_server: str) -> None:
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    closed.close()  # nothing listens there any more
+    config = load_config(write_config(tmp_path, (
+        f'[remote.box]\nbase_url = "{models_server}"\napi_key = "sk-secret"\n'
+        f'[remote.dead]\nbase_url = "{dead_url}"\nretries = 0\n'
+    )), env={})
+    entries = list_models(config, cache_path=tmp_path / "c.json")
+    remote = [e for e in entries if e.format == "remote"]
+    assert [(e.name, e.path, e.endpoint, e.context_length, e.error) for e in remote[:2]] == [
+        ("llama3:8b (box)", "llama3:8b", "box", 8192, None),
+        ("qwen-0.5b.gguf (box)", "/srv/models/qwen-0.5b.gguf", "box", None, None),
+    ]
+    assert remote[0].backends == ("remote",)
+    dead = remote[2]
+    assert dead.endpoint == "dead" and dead.error and "dead" in dead.error
+    assert len(remote) == 3
+    assert "sk-secret" not in repr(entries)
+    assert list_models(config, cache_path=tmp_path / "c.json", include_remote=False) == [
+        e for e in entries if e.format != "remote"]
+
+    choice = ModelChoice.from_entry(remote[0])
+    assert (choice.model, choice.backend, choice.endpoint) == ("llama3:8b", "remote", "box")
+    base = LoadSettings(n_ctx=1024, options={"keep": 1})
+    settings = load_settings_for(choice, config, base)
+    assert settings.n_ctx == 1024 and settings.options["keep"] == 1
+    assert settings.options["base_url"] == models_server
+    assert settings.options["endpoint_name"] == "box"
+    assert str(settings.options["api_key"]) != "sk-secret"  # masked
+    local = ModelChoice.from_entry(entries[0])
+    assert load_settings_for(local, config, base) is base
+
+
+def test_remote_default_model_is_not_reported_missing(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, (
+        '[model]\ndefault = "llama3:8b"\n[backend]\ndefault = "remote"\n'
+        '[remote.box]\nbase_url = "http://127.0.0.1:9/v1"\n'
+    )), env={})
+    entries = list_models(config, cache_path=tmp_path / "c.json", include_remote=False)
+    assert entries[0].is_default and entries[0].error is None
+    assert (entries[0].path, entries[0].format, entries[0].endpoint) == ("llama3:8b", "remote",
+                                                                         "box")
