@@ -145,9 +145,11 @@ def sampling_from_args(
 
 
 def load_settings_from_args(
-    args: argparse.Namespace, base: LoadSettings | None = None
+    args: argparse.Namespace, base: LoadSettings | None = None, config: Any = None
 ) -> LoadSettings:
-    """`base` with --threads, --ctx, --gpu-layers and --device applied."""
+    """`base` with --threads, --ctx, --gpu-layers and --device applied, and the remote
+    endpoint (--base-url, --api-key-env, --endpoint, `[remote]` in `config`) when the backend
+    is remote (`config`: the app.config.Config in use; read from --config when needed)."""
     settings = replace(base or LoadSettings())
     if getattr(args, "threads", None) is not None:
         settings.n_threads = args.threads
@@ -159,7 +161,7 @@ def load_settings_from_args(
         settings.device = args.device
     from app.remote_catalog import remote_options_from_args  # here: loads httpx only when run
 
-    remote = remote_options_from_args(args)
+    remote = remote_options_from_args(args, config)
     if remote:  # the remote backend's endpoint: --base-url, --api-key-env, --endpoint, config
         settings.options = {**settings.options, **remote}
     return settings

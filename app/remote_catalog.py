@@ -92,11 +92,20 @@ def _is_remote(backend: str | None) -> bool:
         return False
 
 
+def _config_backend(config: Any) -> str | None:
+    try:
+        return str(config.backend())
+    except (AttributeError, LampchatError):
+        return None
+
+
 def remote_options_from_args(args: argparse.Namespace, config: Any = None) -> dict[str, Any]:
     """The remote endpoint options from --base-url, --api-key-env, --endpoint and the config.
 
-    Empty when the remote backend is not in use. `--endpoint NAME` takes the
-    `[remote.NAME]` table; `--backend remote` alone takes the config's default endpoint;
+    Empty when the remote backend is not in use (neither --backend nor, without it, the
+    config's `backend.default` says "remote", and no remote flag is given). `--endpoint NAME`
+    takes the `[remote.NAME]` table; the remote backend alone takes the config's default
+    endpoint (`remote.default`, else the first); `config` is read from --config if not given;
     `--base-url` alone never sends a configured key (only the one --api-key-env names).
     Raises ConfigError with a one-line message.
     """
@@ -104,13 +113,16 @@ def remote_options_from_args(args: argparse.Namespace, config: Any = None) -> di
     key_env = getattr(args, "api_key_env", None)
     name = getattr(args, "endpoint", None)
     backend = getattr(args, "backend", None)
+    if not backend and config is not None:
+        backend = _config_backend(config)
     flags = [f for f, v in (("--base-url", base_url), ("--endpoint", name),
                             ("--api-key-env", key_env)) if v]
     if not flags and not _is_remote(backend):
         return {}
-    if flags and backend and not _is_remote(backend):
-        raise ConfigError(f"{', '.join(flags)} select the remote backend; drop --backend "
-                          f"{backend} or use --backend remote")
+    if flags and getattr(args, "backend", None) and not _is_remote(args.backend):
+        verb = "selects" if len(flags) == 1 else "select"
+        raise ConfigError(f"{' and '.join(flags)} {verb} the remote backend; drop --backend "
+                          f"{args.backend} or use --backend remote")
     options: dict[str, Any] = {}
     if name or not base_url:
         config = config if config is not None else _load_config(args)

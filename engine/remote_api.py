@@ -130,12 +130,16 @@ class Endpoint:
                                 "retries a whole number") from None
         if timeout <= 0 or retries < 0:
             raise LampchatError("remote endpoint: timeout must be > 0 and retries >= 0")
+        name = str(options.get("endpoint_name") or "")
+        if name and not options.get("base_url"):
+            raise LampchatError(f"the remote endpoint {name!r} has no base_url (set "
+                                f"remote.{name}.base_url in the config)")
         return cls(
             base_url=normalise_base_url(str(options.get("base_url") or "")),
             api_key=as_api_key(options.get("api_key")),
             timeout=timeout,
             retries=retries,
-            name=str(options.get("endpoint_name") or ""),
+            name=name,
         )
 
     @property

@@ -51,7 +51,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
         print(f"lampchat: warning: {warning}", file=sys.stderr)
     sampling = sampling_from_args(args, config.sampling())
     sampling.validate()
-    settings = load_settings_from_args(args, config.load_settings())
+    settings = load_settings_from_args(args, config.load_settings(), config)
     model = args.model or config.model()
     backend = args.backend or config.backend()
 
