@@ -1,0 +1,715 @@
+"""Crash-safe conversation history: one TOML file per conversation, appended message by message.
+
+File format (documented in README "History file format")::
+
+    format = "lampchat-conversation"
+    version = 1
+    id = "20250101-120000-3fa2"
+    title = "Name a colour"
+    created = 2025-01-01T12:00:00.000Z
+    system_prompt = ""
+
+    [[messages]]
+    role = "user"
+    content = "Name a colour"
+    timestamp = 2025-01-01T12:00:00.000Z
+
+    [[messages]]
+    role = "assistant"
+    content = "Blue."
+    timestamp = 2025-01-01T12:00:01.250Z
+    model = "SmolLM2-135M-Instruct.Q4_1"
+    backend = "llama.cpp"
+    interrupted = false
+
+    [messages.metrics]
+    ttft_ms = 35.2
+    ...
+
+Writes: the file is created atomically (temp file, fsync, rename) with its header and first
+message; each later message is appended as one `[[messages]]` table, then flushed and
+fsynced. While a reply streams, its partial text is checkpointed to a side file
+(`NAME.toml.partial`, atomically, at most every `checkpoint_interval` seconds); finishing
+the reply appends it to the main file and removes the side file. A reply cut short by
+Ctrl+C, SIGTERM or SIGHUP is appended with `interrupted = true`; after a hard crash, the
+next load recovers the side file as an interrupted message.
+
+Reads never modify a damaged file: its readable messages are returned with `problems`, and
+continuing such a conversation writes a new file. No Textual imports here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+
+from app.atomic_file import atomic_write_text, fsync_dir
+from engine.errors import LampchatError
+from engine.types import ChatMessage
+
+try:  # the stdlib parser is much faster for reading; tomlkit is used for every write
+    import tomllib as _fast_toml
+except ModuleNotFoundError:  # Python 3.10
+    _fast_toml = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lampchat-conversation"
+VERSION = 1
+ROLES = ("system", "user", "assistant")
+PARTIAL_SUFFIX = ".partial"
+_MESSAGE_HEADER = "[[messages]]"
+_HEADER_READ_LIMIT = 256 * 1024
+_HAS_FORMAT = re.compile(rf'^format\s*=\s*"{FORMAT}"', re.M)
+
+
+class HistoryError(LampchatError):
+    """A conversation file could not be read or written."""
+
+
+@dataclass
+class Message:
+    """One message of a saved conversation. `timestamp` is seconds since the epoch."""
+
+    role: str
+    content: str
+    timestamp: float = field(default_factory=time.time)
+    model: str | None = None
+    backend: str | None = None
+    metrics: dict[str, Any] | None = None
+    interrupted: bool = False
+
+    def chat_message(self) -> ChatMessage:
+        """What a backend sees."""
+        return ChatMessage(self.role, self.content)  # type: ignore[arg-type]
+
+
+@dataclass
+class Conversation:
+    """A conversation: header fields and messages. `path` is None until it is first written."""
+
+    id: str
+    title: str = ""
+    path: Path | None = None
+    system_prompt: str = ""
+    messages: list[Message] = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    problems: list[str] = field(default_factory=list)
+    """What could not be read from the file (one line each); empty for a healthy file."""
+
+    @property
+    def damaged(self) -> bool:
+        """True when the file had unreadable parts: it is never written again."""
+        return bool(self.problems)
+
+    def chat_messages(self) -> list[ChatMessage]:
+        """What the model sees: the system prompt, then every message with text (interrupted
+        replies included: the user saw them)."""
+        out = [ChatMessage("system", self.system_prompt)] if self.system_prompt else []
+        out.extend(m.chat_message() for m in self.messages if m.content)
+        return out
+
+    def auto_title(self) -> str:
+        """A title made from the first user message."""
+        first = next((m.content for m in self.messages if m.role == "user"), "")
+        line = " ".join(first.split())
+        return line[:60] + "…" if len(line) > 60 else line
+
+
+@dataclass(frozen=True)
+class ConversationSummary:
+    """What a conversation list shows, read from the file's header only."""
+
+    id: str
+    title: str
+    path: Path
+    created: float
+    updated: float
+    problem: str | None = None
+
+
+def new_id() -> str:
+    """A fresh conversation id: creation time plus a random suffix (sorts by time)."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def new_conversation(system_prompt: str = "", title: str = "") -> Conversation:
+    """A conversation in memory, not yet tied to a file."""
+    return Conversation(id=new_id(), title=title, system_prompt=system_prompt)
+
+
+# -- TOML text ----------------------------------------------------------------------------------
+
+
+def _when(timestamp: float) -> datetime:
+    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _text_item(text: str) -> Any:
+    """A multi-line string when it reads better and is safe to split on, else one line."""
+    lines = text.split("\n")
+    if len(lines) > 1 and not any(line.lstrip().startswith("[") for line in lines) and all(
+        ch in "\n\t" or ch >= " " for ch in text
+    ) and "\r" not in text:
+        return tomlkit.string(text, multiline=True)
+    return tomlkit.string(text)
+
+
+def _header_text(conv: Conversation) -> str:
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("Lampchat conversation: one [[messages]] table per message."))
+    doc["format"] = FORMAT
+    doc["version"] = VERSION
+    doc["id"] = conv.id
+    doc["title"] = _text_item(conv.title)
+    doc["created"] = _when(conv.created)
+    doc["system_prompt"] = _text_item(conv.system_prompt)
+    return tomlkit.dumps(doc)
+
+
+def _message_text(message: Message) -> str:
+    table = tomlkit.table()
+    table["role"] = message.role
+    table["content"] = _text_item(message.content)
+    table["timestamp"] = _when(message.timestamp)
+    if message.model:
+        table["model"] = message.model
+    if message.backend:
+        table["backend"] = message.backend
+    if message.role == "assistant" or message.interrupted:
+        table["interrupted"] = message.interrupted
+    if message.metrics:
+        metrics = tomlkit.table()
+        for key, value in message.metrics.items():
+            if key in ("model", "backend") and value == getattr(message, key):
+                continue  # already on the message
+            if isinstance(value, float):
+                value = round(value, 3)
+            if isinstance(value, (bool, int, float, str)):
+                metrics[key] = value
+        table["metrics"] = metrics
+    aot = tomlkit.aot()
+    aot.append(table)
+    doc = tomlkit.document()
+    doc["messages"] = aot
+    return "\n" + tomlkit.dumps(doc)
+
+
+def conversation_text(conv: Conversation) -> str:
+    """The whole file for `conv`."""
+    return _header_text(conv) + "".join(_message_text(m) for m in conv.messages)
+
+
+def _parse(text: str) -> dict[str, Any]:
+    if _fast_toml is not None:
+        return _fast_toml.loads(text)
+    return tomlkit.parse(text).unwrap()
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _message_from(record: Any) -> Message:
+    """A Message from a parsed `[[messages]]` table; ValueError saying what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError("not a table")
+    role, content = record.get("role"), record.get("content")
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if not isinstance(content, str):
+        raise ValueError("content is missing or not a string")
+    metrics = record.get("metrics")
+    model, backend = record.get("model"), record.get("backend")
+    return Message(
+        role=role,
+        content=content,
+        timestamp=_timestamp(record.get("timestamp")) or 0.0,
+        model=model if isinstance(model, str) else None,
+        backend=backend if isinstance(backend, str) else None,
+        metrics=dict(metrics) if isinstance(metrics, dict) else None,
+        interrupted=record.get("interrupted") is True,
+    )
+
+
+def _apply_header(conv: Conversation, data: dict[str, Any]) -> None:
+    if isinstance(data.get("id"), str) and data["id"]:
+        conv.id = data["id"]
+    if isinstance(data.get("title"), str):
+        conv.title = data["title"]
+    if isinstance(data.get("system_prompt"), str):
+        conv.system_prompt = data["system_prompt"]
+    created = _timestamp(data.get("created"))
+    if created is not None:
+        conv.created = created
+
+
+def parse_conversation(text: str, path: Path) -> Conversation:
+    """Read a conversation file's text, keeping every readable message; problems are listed
+    in `Conversation.problems` (each naming the file and line)."""
+    conv = Conversation(id=path.stem, path=path)
+    if text and not text.endswith("\n"):  # cut short: the last line may hold half a value
+        conv.problems.append(f"{path}:{text.count(chr(10)) + 1}: the file ends mid-line (cut "
+                             f"short?); that line is ignored")
+        text = text[: text.rfind("\n") + 1]
+    try:
+        data = _parse(text)
+    except ValueError:
+        _parse_damaged(conv, text, path)
+        return conv
+    _check_format(conv, data, path)
+    _apply_header(conv, data)
+    records = data.get("messages", [])
+    if not isinstance(records, list):
+        conv.problems.append(f"{path}: 'messages' is not an array of tables")
+        records = []
+    for number, record in enumerate(records, 1):
+        try:
+            conv.messages.append(_message_from(record))
+        except ValueError as exc:
+            conv.problems.append(f"{path}: message {number}: {exc}; skipped")
+    return conv
+
+
+def _check_format(conv: Conversation, data: dict[str, Any], path: Path) -> None:
+    if "format" not in data:
+        conv.problems.append(f"{path}: no 'format = \"{FORMAT}\"' line")
+    elif data["format"] != FORMAT:
+        conv.problems.append(f"{path}: format is {data.get('format')!r}, not {FORMAT!r}")
+    version = data.get("version", VERSION)
+    if isinstance(version, int) and version > VERSION:
+        conv.problems.append(f"{path}: written by a newer Lampchat (version {version})")
+
+
+def _parse_damaged(conv: Conversation, text: str, path: Path) -> None:
+    """Split at each `[[messages]]` line and read every piece on its own."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.strip() == _MESSAGE_HEADER]
+    bounds = [0, *starts, len(lines)]
+    header = "".join(lines[: bounds[1]])
+    try:
+        data = _parse(header)
+        _check_format(conv, data, path)
+        _apply_header(conv, data)
+    except ValueError as exc:
+        conv.problems.append(f"{path}:1: the header is unreadable ({_first_line(exc)})")
+    for number, (start, end) in enumerate(zip(bounds[1:-1], bounds[2:], strict=True), 1):
+        chunk = "".join(lines[start:end])
+        try:
+            records = _parse(chunk).get("messages") or [None]
+            conv.messages.append(_message_from(records[0]))
+        except ValueError as exc:
+            conv.problems.append(
+                f"{path}:{start + 1}: message {number} is unreadable ({_first_line(exc)}); skipped"
+            )
+    if not starts and not conv.problems:
+        conv.problems.append(f"{path}: not valid TOML")
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:160]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise HistoryError(f"{path}: no such conversation file") from None
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    return raw.decode("utf-8", errors="replace")
+
+
+def load_conversation_file(path: str | Path) -> Conversation:
+    """Read a conversation file (the `--load-history` format). Damaged parts are skipped and
+    listed in `problems`; HistoryError when nothing at all is readable. Never writes."""
+    path = Path(path).expanduser()
+    text = _read_text(path)
+    conv = parse_conversation(text, path)
+    if conv.problems and not conv.messages and not _looks_like_history(text):
+        raise HistoryError(f"{path}: not a Lampchat conversation file ({conv.problems[0]})")
+    partial = _read_partial(path)
+    if partial is not None:
+        conv.messages.append(partial)
+    return conv
+
+
+def _looks_like_history(text: str) -> bool:
+    return FORMAT in text[:4096] or _MESSAGE_HEADER in text
+
+
+def save_conversation_file(conv: Conversation, path: str | Path) -> None:
+    """Write the whole conversation to `path` atomically (the `--save-history` format).
+    Refuses (HistoryError) to replace a file that is damaged or not a conversation file."""
+    path = Path(path).expanduser()
+    _refuse_foreign(path, conv)
+    try:
+        atomic_write_text(path, conversation_text(conv), mode=0o644)
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+    with contextlib.suppress(FileNotFoundError):
+        _partial_path(path).unlink()  # its content is part of what was just written
+
+
+def _refuse_foreign(path: Path, conv: Conversation) -> None:
+    """Never replace a file that is not a healthy conversation file, unless it is the file
+    `conv` came from and `conv` read it cleanly."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    text = _read_text(path)
+    existing = parse_conversation(text, path)
+    if not existing.problems and not _HAS_FORMAT.search(text[:_HEADER_READ_LIMIT]):
+        existing.problems.append(f"{path}: it has no 'format = \"{FORMAT}\"' line")
+    if existing.problems:
+        raise HistoryError(f"{path}: exists and is not a readable conversation file "
+                           f"({existing.problems[0]}); not overwritten, choose another path")
+
+
+# -- the in-flight reply side file ---------------------------------------------------------------
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def _write_partial(path: Path, message: Message) -> None:
+    text = f"pid = {os.getpid()}\n" + _message_text(message)
+    atomic_write_text(_partial_path(path), text, mode=0o644)
+
+
+def _read_partial(path: Path, *, include_live: bool = False) -> Message | None:
+    """The in-flight reply checkpointed for `path`, if a dead process left one."""
+    side = _partial_path(path)
+    try:
+        data = _parse(side.read_text(encoding="utf-8", errors="replace"))
+        message = _message_from((data.get("messages") or [None])[0])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable partial reply %s: %s", side, exc)
+        return None
+    pid = data.get("pid")
+    if not include_live and isinstance(pid, int) and pid != os.getpid() and _alive(pid):
+        return None  # another Lampchat is still writing this reply
+    message.interrupted = True
+    return message
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _append_text(path: Path, text: str) -> None:
+    with open(path, "a", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+@dataclass
+class _Pending:
+    """A reply being streamed: its message and when it was last checkpointed."""
+
+    message: Message
+    last_checkpoint: float = 0.0
+
+
+class ConversationWriter:
+    """Appends to one conversation file: messages, and the in-flight reply's checkpoints.
+
+    Used by HistoryStore (files in the history dir) and by `--save-history PATH`.
+    """
+
+    def __init__(self, checkpoint_interval: float = 0.5) -> None:
+        self.checkpoint_interval = checkpoint_interval
+        self._pending: dict[int, tuple[Conversation, _Pending]] = {}
+        self._lock = threading.RLock()
+
+    def write_all(self, conv: Conversation, path: Path) -> None:
+        """Write `conv` (header and messages) to `path` atomically and make it its file."""
+        if not conv.title:
+            conv.title = conv.auto_title()
+        save_conversation_file(conv, path)
+        conv.path = path
+        fsync_dir(path.parent)
+
+    def append(self, conv: Conversation, message: Message) -> Message:
+        """Add `message` to `conv` and to its file (one `[[messages]]` table, fsynced)."""
+        with self._lock:
+            conv.messages.append(message)
+            if conv.path is not None:
+                self._write_message(conv, message)
+        return message
+
+    def _write_message(self, conv: Conversation, message: Message) -> None:
+        assert conv.path is not None
+        try:
+            if not conv.path.exists():
+                if not conv.title:
+                    conv.title = conv.auto_title()
+                atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
+                fsync_dir(conv.path.parent)
+            else:
+                _append_text(conv.path, _message_text(message))
+        except OSError as exc:
+            raise HistoryError(f"{conv.path}: cannot save the message ({exc})") from None
+
+    # the in-flight reply
+
+    def begin_reply(self, conv: Conversation, *, model: str | None = None,
+                    backend: str | None = None) -> Message:
+        """Start an assistant reply; its partial text is saved by `update_partial`."""
+        with self._lock:
+            message = Message("assistant", "", model=model, backend=backend, interrupted=True)
+            self._pending[id(conv)] = (conv, _Pending(message))
+            return message
+
+    def update_partial(self, conv: Conversation, text: str, *, force: bool = False) -> None:
+        """Record the reply's text so far; checkpointed to disk at most every
+        `checkpoint_interval` seconds (or now, with `force`)."""
+        with self._lock:
+            entry = self._pending.get(id(conv))
+            if entry is None:
+                return
+            pending = entry[1]
+            pending.message.content = text
+            now = time.monotonic()
+            if conv.path is None or not (force or now - pending.last_checkpoint
+                                         >= self.checkpoint_interval):
+                return
+            pending.last_checkpoint = now
+            try:
+                _write_partial(conv.path, pending.message)
+            except OSError as exc:
+                log.warning("could not checkpoint the reply to %s: %s", conv.path, exc)
+
+    def finish_reply(self, conv: Conversation, text: str | None = None, *,
+                     metrics: dict[str, Any] | None = None, interrupted: bool = False,
+                     model: str | None = None, backend: str | None = None) -> Message | None:
+        """Append the reply (final, or cut short with `interrupted`) and drop its checkpoint.
+        Returns the message, or None when no reply was in flight."""
+        with self._lock:
+            entry = self._pending.pop(id(conv), None)
+            if entry is None:
+                return None
+            message = entry[1].message
+            if text is not None:
+                message.content = text
+            message.metrics = {k: v for k, v in (metrics or {}).items() if v is not None} or None
+            message.interrupted = interrupted
+            message.model = model or message.model
+            message.backend = backend or message.backend
+            message.timestamp = time.time()
+            self.append(conv, message)
+            if conv.path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    _partial_path(conv.path).unlink()
+            return message
+
+    def in_flight(self, conv: Conversation) -> Message | None:
+        """The reply being streamed in `conv`, if any."""
+        entry = self._pending.get(id(conv))
+        return entry[1].message if entry else None
+
+    def interrupt_all(self) -> int:
+        """Save every in-flight reply, as far as it got, marked interrupted (call on SIGTERM,
+        SIGHUP, quit). Returns how many were saved."""
+        with self._lock:
+            count = 0
+            for conv, pending in list(self._pending.values()):
+                self.finish_reply(conv, pending.message.content, interrupted=True)
+                count += 1
+            return count
+
+
+# -- the history dir --------------------------------------------------------------------------
+
+
+class HistoryStore(ConversationWriter):
+    """Conversations saved as they happen in one folder, one `<id>.toml` file each.
+
+    A conversation's file appears with its first message. Listing reads only file headers.
+    """
+
+    def __init__(self, directory: Path, checkpoint_interval: float = 0.5) -> None:
+        super().__init__(checkpoint_interval)
+        self.directory = Path(directory).expanduser()
+
+    def _ensure_dir(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise HistoryError(f"{self.directory}: cannot create the history dir ({exc})") from None
+
+    def create(self, title: str = "", system_prompt: str = "") -> Conversation:
+        """A new conversation in this store (its file is written with the first message)."""
+        conv = new_conversation(system_prompt, title)
+        conv.path = self.directory / f"{conv.id}.toml"
+        return conv
+
+    def adopt(self, conv: Conversation) -> Conversation:
+        """Keep saving `conv` (e.g. read with --load-history) in this store, as a new file."""
+        self._ensure_dir()
+        conv.id = new_id()
+        conv.problems = []
+        self.write_all(conv, self.directory / f"{conv.id}.toml")
+        return conv
+
+    def append(self, conv: Conversation, role: str | Message, content: str = "", *,  # type: ignore[override]
+               model: str | None = None, backend: str | None = None,
+               metrics: dict[str, Any] | None = None, interrupted: bool = False) -> Message:
+        """Append a message (flushed and fsynced before this returns). A damaged conversation
+        is first copied to a new file: the damaged one is never written."""
+        message = role if isinstance(role, Message) else Message(
+            role, content, model=model, backend=backend,
+            metrics={k: v for k, v in (metrics or {}).items() if v is not None} or None,
+            interrupted=interrupted)
+        if message.role not in ROLES:
+            raise HistoryError(f"unknown role {message.role!r}")
+        with self._lock:
+            if conv.path is not None and conv.damaged:
+                self._fork(conv)
+            if conv.path is not None:
+                self._ensure_dir()
+            return super().append(conv, message)
+
+    def _fork(self, conv: Conversation) -> None:
+        old = conv.path
+        self.adopt(conv)
+        log.warning("conversation %s is damaged; continuing it in %s", old, conv.path)
+
+    def list(self) -> list[ConversationSummary]:
+        """Every conversation, most recently updated first. Reads only each file's header."""
+        out = []
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise HistoryError(f"{self.directory}: cannot list it ({exc})") from None
+        for entry in entries:
+            if entry.name.endswith(".toml") and entry.is_file():
+                out.append(_summary(Path(entry.path), entry.stat().st_mtime))
+        out.sort(key=lambda s: s.updated, reverse=True)
+        return out
+
+    def path_of(self, path_or_id: str | Path) -> Path:
+        """The file of a conversation id (or a path, returned as is)."""
+        text = str(path_or_id)
+        if isinstance(path_or_id, Path) or "/" in text or os.sep in text or text.endswith(".toml"):
+            return Path(path_or_id).expanduser()
+        return self.directory / f"{text}.toml"
+
+    def load(self, path_or_id: str | Path) -> Conversation:
+        """Read a conversation. A reply left in flight by a crash comes back marked interrupted
+        (and, for a healthy file, is appended to it). A damaged file is reported in
+        `problems`, its readable messages kept, and the file left as it is."""
+        path = self.path_of(path_or_id)
+        conv = parse_conversation(_read_text(path), path)
+        with self._lock:
+            busy = any(c.path == path for c, _ in self._pending.values())
+            partial = None if busy else _read_partial(path)
+            if partial is not None:
+                if conv.damaged:
+                    conv.messages.append(partial)
+                else:
+                    try:
+                        super().append(conv, partial)
+                        _partial_path(path).unlink()
+                    except (OSError, HistoryError) as exc:
+                        log.warning("could not recover the partial reply of %s: %s", path, exc)
+        for problem in conv.problems:
+            log.warning("history: %s", problem)
+        return conv
+
+    def _rewrite(self, conv: Conversation) -> None:
+        if conv.path is None or not conv.path.exists():
+            return
+        if conv.damaged:
+            self._fork(conv)
+            return
+        try:
+            atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
+        except OSError as exc:
+            raise HistoryError(f"{conv.path}: cannot save it ({exc})") from None
+
+    def rename(self, conv: Conversation, title: str) -> None:
+        """Change the title (the file is rewritten atomically)."""
+        with self._lock:
+            conv.title = title
+            self._rewrite(conv)
+
+    def set_system_prompt(self, conv: Conversation, text: str) -> None:
+        """Change the conversation's system prompt (the file is rewritten atomically)."""
+        with self._lock:
+            conv.system_prompt = text
+            self._rewrite(conv)
+
+    def truncate(self, conv: Conversation, n_messages: int) -> None:
+        """Keep the first `n_messages` messages (regenerate, edit and resend)."""
+        with self._lock:
+            del conv.messages[n_messages:]
+            self._rewrite(conv)
+
+    def delete(self, conv_or_id: Conversation | str | Path) -> None:
+        """Delete a conversation's file (and any checkpoint of it)."""
+        path = conv_or_id.path if isinstance(conv_or_id, Conversation) else self.path_of(
+            conv_or_id)
+        if path is None:
+            return
+        for target in (path, _partial_path(path)):
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
+def _summary(path: Path, mtime: float) -> ConversationSummary:
+    header, problem = _read_header(path)
+    title = header.get("title") if isinstance(header.get("title"), str) else ""
+    conv_id = header.get("id") if isinstance(header.get("id"), str) else path.stem
+    created = _timestamp(header.get("created")) or mtime
+    return ConversationSummary(conv_id or path.stem, title or "(untitled)", path, created, mtime,
+                               problem)
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The top-level keys of a conversation file, read up to its first message."""
+    lines = []
+    size = 0
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.strip() == _MESSAGE_HEADER or size > _HEADER_READ_LIMIT:
+                    break
+                lines.append(line)
+                size += len(line)
+    except OSError as exc:
+        return {}, f"cannot read it ({exc.strerror or exc})"
+    try:
+        return _parse("".join(lines)), None
+    except ValueError as exc:
+        return {}, f"unreadable header ({_first_line(exc)})"
+
