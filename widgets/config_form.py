@@ -167,6 +167,7 @@ class ConfigForm(VerticalScroll):
     ConfigForm .apply.reload { color: $text-warning; }
     ConfigForm .field-help { padding-left: 21; color: $text-muted; }
     ConfigForm .field-error { padding-left: 21; color: $text-error; display: none; }
+    ConfigForm .field-row:focus-within .field-key { background: $accent 30%; }
     ConfigForm .field-row.-changed .field-key { color: $text-success; }
     ConfigForm .field-row.-invalid .field-key { color: $text-error; }
     """

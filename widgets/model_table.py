@@ -30,7 +30,7 @@ from widgets.model_entry import (
 
 __all__ = ["ModelChoice", "ModelEntry", "ModelTable"]
 
-COLUMNS = (("name", "Name", 0), ("format", "Format", 11), ("backend", "Backend", 12),
+COLUMNS = (("name", "Name", 0), ("format", "Format", 11), ("backend", "Backend", 14),
            ("size", "Size", 8), ("quant", "Quant", 9), ("params", "Params", 6),
            ("context", "Context", 7))
 """(key, label, width); the name column takes the width left over."""
