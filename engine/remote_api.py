@@ -22,6 +22,8 @@ import httpx
 from engine.errors import LampchatError
 
 log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, user:password included; keep that out of logs
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 
@@ -171,8 +173,12 @@ class Endpoint:
         return httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT_CAP_S))
 
     def client(self) -> httpx.Client:
-        """A new httpx client for this endpoint (the caller closes it)."""
-        return httpx.Client(timeout=self.timeouts(), follow_redirects=True, trust_env=False)
+        """A new httpx client for this endpoint (the caller closes it). Proxy and CA settings
+        come from the environment (HTTPS_PROXY, NO_PROXY, SSL_CERT_FILE). User info in the base
+        URL becomes Basic auth, unless an API key is set: then the key's Bearer header wins."""
+        auth = httpx.Auth() if self.api_key else None  # httpx.Auth(): leave the headers alone
+        return httpx.Client(timeout=self.timeouts(), follow_redirects=True,
+                            auth=auth)
 
     def scrub(self, text: str) -> str:
         """`text` with the API key (and the base URL's credentials) masked."""

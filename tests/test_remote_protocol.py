@@ -8,6 +8,7 @@ on loopback produces what that server cannot on demand (usage counts, reasoning 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -312,3 +313,23 @@ async def test_an_answer_that_never_comes_times_out_with_a_clear_error(server):
     assert generation.metrics.finish_reason == "error"
     assert generation.error == (f"{server.base_url}/chat/completions did not answer within 1s "
                                 f"(timeout; raise the endpoint's timeout if the model is slow)")
+
+
+async def test_key_and_url_credentials_stay_out_of_logs_and_messages(server, caplog):
+    caplog.set_level(logging.DEBUG)  # httpcore and httpx included
+    port = server.server_address[1]
+    worker = await _load(server, base_url=f"http://user:hunter2@127.0.0.1:{port}/v1",
+                         endpoint_name="", api_key=ApiKey(KEY))
+    try:
+        assert worker.info.device == f"remote:127.0.0.1:{port}"
+        generation, _ = await _reply(worker)
+        assert generation.error is None
+        server.scripts = [status(503, {"error": f"overloaded (key {KEY})"})]
+        failed, _ = await _reply(worker)
+    finally:
+        await worker.close()
+    assert failed.error == (f"the server at http://127.0.0.1:{port}/v1 failed "
+                            f"(HTTP 503: overloaded (key ****))")
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert caplog.records  # something was logged, and none of it is secret
+    assert KEY not in caplog.text and "hunter2" not in caplog.text
