@@ -13,7 +13,7 @@ from engine.errors import LampchatError
 
 log = logging.getLogger(__name__)
 
-SUBCOMMANDS = ["ask", "devices", "config", "convert", "models"]
+SUBCOMMANDS = ["ask", "devices", "config", "convert", "models", "bench"]
 """Modules under app.commands, each adding one subcommand."""
 
 

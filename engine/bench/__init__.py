@@ -1,0 +1,1 @@
+"""Benchmarks in llama-bench's conventions: `lampchat bench`."""

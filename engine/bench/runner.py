@@ -1,0 +1,205 @@
+"""Runs a bench: plans the (model, backend, device) cases, measures each in a fresh child
+process (so one backend's memory cannot pollute another's), and collects their results.
+
+A case that fails (missing backend, unreadable model, crash, timeout) becomes a result with
+status "failed" and its one-line reason; the run goes on with the next case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine.bench.child import empty_result, one_line
+from engine.bench.config import BenchConfig, CaseSpec
+from engine.bench.report import SCHEMA, SCHEMA_VERSION
+from engine.errors import LampchatError
+from engine.formats.detect import detect_format
+from engine.models import resolve_model
+from engine.registry import FORMAT_BACKENDS, canonical_name
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], None]
+"""Receives run events: "case_start", "progress", "case_end" (each with "index", "total")."""
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+_DEVICE_FREE = ("remote",)
+"""Backends that run elsewhere: no local device to choose."""
+
+
+def devices_for(backend: str) -> list[str]:
+    """Device ids `backend` can run on here (from `engine.devices`), the CPU at least."""
+    if backend in _DEVICE_FREE:
+        return ["auto"]
+    try:
+        from engine.devices import detect
+
+        ids = [d.id for d in detect().devices_for(backend)]
+    except Exception:  # detection is best effort; the child reports a real failure
+        log.warning("device detection failed for %s", backend, exc_info=True)
+        ids = []
+    return ids or ["cpu"]
+
+
+def plan_cases(config: BenchConfig, log_file: str | None = None) -> list[CaseSpec]:
+    """Every (model, backend, device) the run measures, in order.
+
+    Raises LampchatError for an unknown backend name (a typo, not a failed case). A model
+    whose format cannot be read becomes a failed case.
+    """
+    backends = [canonical_name(b) for b in config.backends]
+    models = [resolve_model(m) for m in config.models] or [resolve_model(None)]
+    cases: list[CaseSpec] = []
+    for model in dict.fromkeys(models):
+        names = list(dict.fromkeys(backends))
+        if not names:
+            try:
+                names = list(FORMAT_BACKENDS.get(detect_format(model).format, ()))
+            except LampchatError as exc:
+                cases.append(CaseSpec.for_config(config, model, "auto", "auto", log_file,
+                                                 error=one_line(exc)))
+                continue
+        for backend in names:
+            devices = list(dict.fromkeys(config.devices)) or devices_for(backend)
+            cases.extend(CaseSpec.for_config(config, model, backend, device, log_file)
+                         for device in devices)
+    return cases
+
+
+def run_case(spec: CaseSpec, timeout_s: float, on_event: EventHandler | None = None,
+             index: int = 0, total: int = 1) -> dict[str, Any]:
+    """Measure one case in a child process; always returns a result (failed on any error)."""
+    def emit(event: dict[str, Any]) -> None:
+        if on_event is not None:
+            on_event({**event, "index": index, "total": total, "case": spec.label})
+
+    if spec.error:
+        result = empty_result(spec)
+        result["error"] = spec.error
+        return result
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    started = time.perf_counter()
+    result: dict[str, Any] | None = None
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.bench.child"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            encoding="utf-8", errors="replace", env=env,
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+        timer = threading.Timer(timeout_s, kill)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(json.dumps(spec.to_dict()))
+                proc.stdin.close()
+            for line in proc.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if event.get("event") == "result":
+                    result = event.get("result")
+                elif event.get("event") == "progress":
+                    emit(event)
+            proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # interrupted: never leave the child running
+                proc.kill()
+                proc.wait()
+        if isinstance(result, dict):
+            return result
+        stderr.seek(0)
+        tail = [line.strip() for line in stderr.read().splitlines() if line.strip()]
+    failed = empty_result(spec)
+    if timed_out.is_set():
+        failed["error"] = f"timed out after {timeout_s:g} s"
+    else:
+        why = tail[-1] if tail else "no output"
+        failed["error"] = f"the bench process exited with status {proc.returncode}: {why}"
+    failed["duration_s"] = round(time.perf_counter() - started, 3)
+    return failed
+
+
+def run_bench(config: BenchConfig, on_event: EventHandler | None = None,
+              log_file: str | None = None) -> dict[str, Any]:
+    """Run every planned case, one after the other, and return the report (a JSON-ready dict)."""
+    config.validate()
+    cases = plan_cases(config, log_file)
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    results = []
+    for i, spec in enumerate(cases):
+        if on_event is not None:
+            on_event({"event": "case_start", "index": i, "total": len(cases),
+                      "case": spec.label})
+        result = run_case(spec, config.timeout_s, on_event, i, len(cases))
+        results.append(result)
+        if on_event is not None:
+            on_event({"event": "case_end", "index": i, "total": len(cases), "case": spec.label,
+                      "result": result})
+    return {
+        "schema": SCHEMA,
+        "version": SCHEMA_VERSION,
+        "created": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - t0, 3),
+        "host": host_info(),
+        "settings": config.to_dict(),
+        "results": results,
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def host_info() -> dict[str, Any]:
+    """The machine and the library versions the figures were taken with."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(Exception):
+        from engine.devices import cpu_device
+
+        cpu = cpu_device().name
+    return {
+        "cpu": cpu,
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in (
+            "lampchat", "llama_cpp_python", "numpy", "onnxruntime", "mlx", "pyopencl")},
+    }
