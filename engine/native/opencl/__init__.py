@@ -1,0 +1,45 @@
+"""OpenCL compute for the native engine (the optional extra `lampchat[opencl]`, via pyopencl).
+
+`ops_for_device` gives the ops object a native model is built with: numpy for the CPU,
+`OpenCLOps` for "opencl" / "opencl:N". Kernels cover the matrix products, RMSNorm/LayerNorm,
+softmax inside attention, RoPE, SwiGLU/GELU and the KV cache; math is float32, and weights
+may be stored as float16 (`options["opencl_weights"] = "float16"`, or "auto": float16 on
+devices with cl_khr_fp16, else float32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.devices import KIND_LABELS, parse_device
+from engine.errors import ConfigError, DeviceUnavailableError
+from engine.native.ops import NUMPY_OPS, NumpyOps
+
+WEIGHT_DTYPES = ("auto", "float32", "float16")
+
+
+def ops_for_device(device: str, options: dict[str, Any] | None = None) -> NumpyOps:
+    """The ops object for `device` ("auto"/"cpu": numpy; "opencl[:N]": OpenCL).
+
+    Raises DeviceUnavailableError for a device the native engine cannot use or open.
+    """
+    kind, _ = parse_device(device)
+    if kind in ("auto", "cpu"):
+        return NUMPY_OPS
+    if kind != "opencl":
+        label = KIND_LABELS.get(kind, kind)
+        raise DeviceUnavailableError(
+            f"the native engine runs on the CPU or OpenCL, not {label} (use --device opencl, "
+            "or another backend for this device)"
+        )
+    from engine.native.opencl.context import open_device
+    from engine.native.opencl.ops import OpenCLOps
+
+    dtype = str((options or {}).get("opencl_weights", "auto")).lower()
+    if dtype not in WEIGHT_DTYPES:
+        raise ConfigError(
+            f"opencl_weights must be one of {', '.join(WEIGHT_DTYPES)}, not {dtype!r}"
+        )
+    dev = open_device(device)
+    half = dtype == "float16" or (dtype == "auto" and dev.fp16)
+    return OpenCLOps(dev, half_weights=half)
