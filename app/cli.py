@@ -25,6 +25,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, subcommands included."""
     parser = _Parser(prog="lampchat", description="Chat with local language models.")
+    from app import options  # the TUI's flags (`lampchat` with no subcommand)
+
+    options.add_model_options(parser)
+    options.add_sampling_options(parser)
+    options.add_history_options(parser)
+    options.add_config_option(parser)
     subparsers = parser.add_subparsers(dest="command", parser_class=_Parser)
     for name in SUBCOMMANDS:
         importlib.import_module(f"app.commands.{name}").add_parser(subparsers)
