@@ -1,0 +1,80 @@
+"""Small modal dialogs used by the chat shell: a yes/no question and a text prompt."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, TextArea
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Ask a yes/no question; dismisses with True for yes."""
+
+    BINDINGS = [
+        Binding("escape,n", "answer(False)", "No"),
+        Binding("y", "answer(True)", "Yes"),
+    ]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+        super().__init__(classes="dialog")
+        self.question = question
+        self.yes = yes
+        self.no = no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question, markup=False)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes, id="yes", variant="primary")
+                yield Button(self.no, id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#yes", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+
+class TextPromptScreen(ModalScreen[str | None]):
+    """Ask for a line (or, with `multiline`, a block) of text; None when cancelled."""
+
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel"),
+        Binding("ctrl+s", "save", "Save", priority=True),
+    ]
+
+    def __init__(self, title: str, value: str = "", multiline: bool = False) -> None:
+        super().__init__(classes="dialog")
+        self.title_text = title
+        self.value = value
+        self.multiline = multiline
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog-box"):
+            yield Label(self.title_text, markup=False)
+            if self.multiline:
+                yield TextArea(self.value, id="value", soft_wrap=True, tab_behavior="focus")
+                yield Label("Ctrl+S saves · Esc cancels", classes="dialog-hint")
+            else:
+                yield Input(self.value, id="value")
+                yield Label("Enter saves · Esc cancels", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#value").focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.dismiss(event.value)
+
+    def action_save(self) -> None:
+        widget = self.query_one("#value")
+        self.dismiss(widget.text if isinstance(widget, TextArea) else widget.value)  # type: ignore[attr-defined]
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

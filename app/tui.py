@@ -1,0 +1,623 @@
+"""The Lampchat Textual app: the shell around the chat screen, the engine and the stores.
+
+The app owns the `EngineWorker` (one engine thread), the conversation store, the session
+metrics and the recently used models. Screens reach them through the app. Model loads run
+on Textual workers with progress in the status bar, so the UI never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.message import Message
+from textual.screen import Screen
+
+from app.history import Conversation
+from app.screens.chat import ChatScreen
+from app.screens.dialogs import ConfirmScreen
+from app.screens.help import HelpScreen
+from app.screens.metrics import MetricsScreen
+from app.tui_store import ChatStore
+from engine.errors import LampchatError
+from engine.models import default_model_path
+from engine.types import LoadSettings, ModelInfo, ReplyMetrics, SamplingParams
+from engine.worker import EngineWorker
+from widgets.metrics_panel import SessionMetrics, format_mb
+
+log = logging.getLogger(__name__)
+
+CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "lampchat.tcss"
+MAX_RECENT = 8
+QUIT_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the app can load: what `EngineWorker.load` takes, and a label."""
+
+    model: str
+    backend: str = "auto"
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """A short name for menus."""
+        return self.label or Path(self.model).name or self.model
+
+
+@dataclass
+class TuiOptions:
+    """Everything the TUI starts with, resolved from CLI flags, environment and config."""
+
+    model: str | None = None
+    backend: str = "auto"
+    load: LoadSettings = field(default_factory=LoadSettings)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    system_prompt: str = ""
+    theme: str = "textual-dark"
+    show_metrics: bool = False
+    log_window: int = 60
+    config: Any = None
+    """The `app.config.Config` in use (None when config support is unavailable)."""
+    save_theme: Callable[[str], None] | None = None
+    """Persists the theme choice (ui.theme)."""
+    prompt_history: Any = None
+    """An `app.prompt_history` store with `items()` and `add(text)`, or None (memory only)."""
+    list_models: Callable[[], list[ModelSpec]] | None = None
+    """Models for the command palette (default: the config's model catalog)."""
+    skip_initial_load: bool = False
+    load_history: Conversation | None = None
+    """The conversation to start with (--load-history), already read."""
+
+
+class LoadProgress(Message):
+    """Model-load progress, posted from the engine thread."""
+
+    def __init__(self, fraction: float, what: str) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.what = what
+
+
+class ModelCommands(Provider):
+    """Command palette entries that load a model: one per known model."""
+
+    async def search(self, query: str) -> Hits:
+        app = self.app
+        assert isinstance(app, LampchatApp)
+        matcher = self.matcher(query)
+        for spec in await app.known_models():
+            text = f"Load model: {spec.title}"
+            if (score := matcher.match(text)) > 0:
+                yield Hit(score, matcher.highlight(text), partial(app.load_model, spec),
+                          help=f"{spec.model} ({spec.backend})")
+
+    async def discover(self) -> Hits:
+        app = self.app
+        assert isinstance(app, LampchatApp)
+        for spec in await app.known_models():
+            yield DiscoveryHit(f"Load model: {spec.title}", partial(app.load_model, spec),
+                               help=f"{spec.model} ({spec.backend})")
+
+
+class LampchatApp(App[int]):
+    """The full-screen chat app."""
+
+    TITLE = "Lampchat"
+    CSS_PATH = str(CSS_FILE)
+    COMMANDS = App.COMMANDS | {ModelCommands}
+    BINDINGS = [
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("f1", "help", "Help"),
+        Binding("question_mark", "help", "Help", show=False),
+        Binding("f2", "pick_model", "Model"),
+        Binding("f3", "settings", "Settings"),
+        Binding("f4", "toggle_metrics", "Metrics"),
+        Binding("f5", "metrics_screen", "Stats"),
+        Binding("ctrl+up", "cycle_model(-1)", "Previous model", show=False),
+        Binding("ctrl+down", "cycle_model(1)", "Next model", show=False),
+    ]
+
+    def __init__(
+        self,
+        options: TuiOptions | None = None,
+        store: ChatStore | None = None,
+        engine: EngineWorker | None = None,
+    ) -> None:
+        super().__init__()
+        self.options = options or TuiOptions()
+        self.store: ChatStore = store or ChatStore()
+        self.engine = engine or EngineWorker()
+        self.session = SessionMetrics()
+        self.loading = False
+        self.recent: list[ModelSpec] = []
+        self._prompts: list[str] = []
+        self._quitting = False
+        self._engine_closed = False
+        self._models_cache: list[ModelSpec] | None = None
+        self._saved_theme = self.options.theme
+        self.startup_warnings: list[str] = []
+        """Config problems to show once the app is up."""
+
+    # ------------------------------------------------------------------ setup
+
+    def get_default_screen(self) -> Screen[Any]:
+        return ChatScreen()
+
+    @property
+    def chat(self) -> ChatScreen:
+        """The chat screen (always at the bottom of the stack)."""
+        screen = self.screen_stack[0]
+        assert isinstance(screen, ChatScreen)
+        return screen
+
+    async def on_mount(self) -> None:
+        if self.options.theme in self.available_themes:
+            self.theme = self.options.theme
+        elif self.options.theme:
+            self.notify(f"unknown theme {self.options.theme!r}; using {self.theme}",
+                        severity="warning")
+        self._saved_theme = self.theme
+        for warning in self.startup_warnings[:5]:
+            self.notify(warning, title="Config", severity="warning", timeout=10)
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._on_signal)
+
+    async def chat_ready(self, chat: ChatScreen) -> None:
+        """Called once the chat screen is mounted: show a conversation, load the model."""
+        conversation = self.initial_conversation()
+        await chat.show_conversation(conversation)
+        chat.set_model_label("no model loaded")
+        if not self.options.skip_initial_load:
+            self.load_model(ModelSpec(self.options.model or "", self.options.backend))
+
+    def initial_conversation(self) -> Conversation:
+        """The conversation shown at start: --load-history's, or a new one."""
+        loaded = self.options.load_history
+        if loaded is not None:
+            problems = list(loaded.problems)
+            try:
+                conversation = self.store.adopt(loaded)
+            except LampchatError as exc:
+                self.notify(str(exc), severity="error")
+                conversation = self.store.keep(loaded)
+            for problem in problems[:3]:
+                self.notify(problem, title="History file damaged", severity="warning")
+            return conversation
+        return self.store.new(self.options.system_prompt)
+
+    def _on_signal(self) -> None:
+        self.call_later(self.action_quit)
+
+    # ---------------------------------------------------------------- helpers
+
+    def sampling(self) -> SamplingParams:
+        """The sampling settings for the next reply."""
+        return replace(self.options.sampling)
+
+    def default_system_prompt(self) -> str:
+        """The system prompt new conversations start with."""
+        return self.options.system_prompt
+
+    def prompt_history_items(self) -> list[str]:
+        """Earlier prompts, oldest first."""
+        store = self.options.prompt_history
+        if store is not None:
+            try:
+                return list(store.items())
+            except Exception:
+                log.exception("could not read the prompt history")
+        return list(self._prompts)
+
+    def remember_prompt(self, text: str) -> None:
+        """Record a sent prompt for Up/Down recall (persisted when a store is configured)."""
+        self._prompts.append(text)
+        store = self.options.prompt_history
+        if store is not None:
+            try:
+                store.add(text)
+            except Exception as exc:
+                log.exception("could not save the prompt history")
+                self.notify(f"could not save the prompt history: {exc}", severity="warning")
+
+    @staticmethod
+    def format_time(timestamp: float) -> str:
+        """A short local time for lists."""
+        if not timestamp:
+            return ""
+        if time.time() - timestamp < 86_400:
+            return time.strftime("%H:%M", time.localtime(timestamp))
+        return time.strftime("%Y-%m-%d", time.localtime(timestamp))
+
+    def model_label(self, info: ModelInfo | None) -> str:
+        """The status bar's description of the loaded model."""
+        if info is None:
+            return "no model loaded"
+        ctx = f" · ctx {info.context_length:,}" if info.context_length else ""
+        return f"{info.name} · {info.backend} · {info.device}{ctx}"
+
+    def gpu_memory(self, info: ModelInfo | None) -> str | None:
+        """GPU memory in use, where the device reports it."""
+        if info is None or info.device in ("", "cpu"):
+            return "n/a (model on CPU)"
+        try:
+            from engine import devices
+
+            devices.clear_cache()
+            for device in devices.detect().devices:
+                if device.gpu and device.total_memory:
+                    used = device.total_memory - (device.free_memory or 0)
+                    return f"{format_mb(used / 2**20)} / {format_mb(device.total_memory / 2**20)}"
+        except Exception:
+            log.exception("could not read GPU memory")
+        return "n/a"
+
+    # ---------------------------------------------------------------- models
+
+    def load_model(self, spec: ModelSpec, settings: LoadSettings | None = None) -> None:
+        """Load `spec` in the background (the chat stays usable; progress in the status bar)."""
+        if self.loading:
+            self.notify("A model is already loading.", severity="warning")
+            return
+        self.loading = True
+        self.run_worker(
+            self._load(spec, settings or self.options.load), group="load", exit_on_error=False
+        )
+
+    async def _load(self, spec: ModelSpec, settings: LoadSettings) -> None:
+        chat = self.chat
+        title = spec.title if spec.model else "default model"
+        try:
+            if chat.generation is not None:
+                chat.generation.cancel()
+                await chat.wait_for_reply()
+            chat.show_loading(0.0, f"loading {title}…")
+            progress = lambda fraction, what: self.post_message(  # noqa: E731
+                LoadProgress(fraction, what)
+            )
+            info = await self.engine.load(spec.model or None, spec.backend, settings, progress)
+        except LampchatError as exc:
+            self.notify(str(exc), title="Model not loaded", severity="error", timeout=10)
+            info = self.engine.info
+        except Exception as exc:  # never crash on a bad model
+            log.exception("loading %s failed", spec.model)
+            self.notify(f"could not load {title}: {exc}", title="Model not loaded",
+                        severity="error", timeout=10)
+            info = self.engine.info
+        else:
+            self._remember_model(ModelSpec(info.path, info.backend, info.name), spec)
+            self.notify(f"Loaded {info.name} ({info.backend}, {info.device}).")
+        finally:
+            self.loading = False
+            chat.show_loading(None)
+        self.session.model = info
+        self.session.context_limit = info.context_length if info else None
+        self.session.gpu_memory = self.gpu_memory(info)
+        chat.set_model_label(self.model_label(info))
+        chat.metrics_panel.refresh_metrics()
+
+    def _remember_model(self, loaded: ModelSpec, asked: ModelSpec) -> None:
+        spec = ModelSpec(loaded.model, asked.backend if asked.backend else "auto", loaded.label)
+        self.recent = [spec, *[r for r in self.recent if r.model != spec.model]][:MAX_RECENT]
+
+    def on_load_progress(self, message: LoadProgress) -> None:
+        if self.loading:
+            self.chat.show_loading(message.fraction, message.what)
+
+    async def known_models(self) -> list[ModelSpec]:
+        """Models for the command palette: recent ones, then what `list_models` finds."""
+        if self._models_cache is None:
+            found: list[ModelSpec] = []
+            if self.options.list_models is not None:
+                try:
+                    found = await asyncio.to_thread(self.options.list_models)
+                except Exception:
+                    log.exception("listing models failed")
+            else:
+                try:
+                    found = await asyncio.to_thread(self._catalog_specs)
+                except Exception:
+                    log.exception("listing models failed")
+                    try:
+                        found = [ModelSpec(str(default_model_path()), "auto",
+                                           "SmolLM2-135M-Instruct")]
+                    except LampchatError:
+                        found = []
+            self._models_cache = found
+        seen: set[str] = set()
+        out: list[ModelSpec] = []
+        for spec in [*self.recent, *self._models_cache]:
+            if spec.model not in seen:
+                seen.add(spec.model)
+                out.append(spec)
+        return out
+
+    def _catalog_specs(self) -> list[ModelSpec]:
+        from app.model_catalog import list_models
+
+        return [
+            ModelSpec(e.path, e.backend or "auto", e.name)
+            for e in list_models(self.options.config, include_remote=False)
+            if not e.error
+        ]
+
+    def action_cycle_model(self, step: int) -> None:
+        """Load the next (or previous) recently used model."""
+        if len(self.recent) < 2:
+            self.notify("No other recently used model; F2 opens the model picker.")
+            return
+        current = self.engine.info.path if self.engine.info else None
+        models = [r.model for r in self.recent]
+        index = models.index(current) if current in models else 0
+        self.load_model(self.recent[(index + step) % len(self.recent)])
+
+    def action_pick_model(self) -> None:
+        """Open the model picker (F2)."""
+        try:
+            from app.screens.picker import ModelPickerScreen
+        except ImportError:
+            self.notify("The model picker is not available in this build.", severity="warning")
+            return
+        self.run_worker(self._pick_model(ModelPickerScreen), group="picker", exit_on_error=False)
+
+    async def _pick_model(self, screen_cls: Any) -> None:
+        from app.model_catalog import list_models, load_settings_for, remote_entries
+
+        config = self.options.config
+        current = self.engine.info.path if self.engine.info else None
+        screen = screen_cls(partial(list_models, config, include_remote=False), current,
+                            more=partial(remote_entries, config))
+        choice = await self.push_screen_wait(screen)
+        if choice is None:
+            return
+        try:
+            settings = load_settings_for(choice, config, self.options.load)
+        except LampchatError as exc:
+            self.notify(str(exc), title="Model not loaded", severity="error")
+            return
+        self.load_model(ModelSpec(choice.model, choice.backend or "auto", choice.name or ""),
+                        settings)
+
+    def action_settings(self) -> None:
+        """Open the settings screen (F3)."""
+        try:
+            from app.screens.settings import SettingsScreen
+        except ImportError:
+            self.notify("The settings screen is not available in this build.",
+                        severity="warning")
+            return
+        if self.options.config is None:
+            self.notify("Settings need the config module.", severity="warning")
+            return
+        self.push_screen(SettingsScreen(self.options.config), self._settings_done)
+
+    def _settings_done(self, result: Any) -> None:
+        if result is None:
+            return
+        self.apply_config(result.config, set(result.changed))
+        if result.reload_needed:
+            def answer(yes: bool | None) -> None:
+                if yes:
+                    self.reload_model()
+
+            self.push_screen(
+                ConfirmScreen("These changes need the model to be reloaded. Reload now?",
+                              "Reload", "Later"),
+                answer,
+            )
+
+    def apply_config(self, config: Any, changed: set[str]) -> None:
+        """Apply settings that take effect without a reload (sampling, system prompt, theme)."""
+        from app.tui_main import options_from_config
+
+        fresh = options_from_config(config, self.options)
+        self.options.config = config
+        self.options.sampling = fresh.sampling
+        self.options.system_prompt = fresh.system_prompt
+        self.options.load = fresh.load
+        self.options.backend = fresh.backend
+        self.options.show_metrics = fresh.show_metrics
+        if "ui.theme" in changed and fresh.theme in self.available_themes:
+            self._saved_theme = fresh.theme
+            self.theme = fresh.theme
+        if "ui.show_metrics" in changed:
+            self.chat.metrics_panel.display = fresh.show_metrics
+        self._models_cache = None
+
+    def reload_model(self) -> None:
+        """Load the current model again with the current load settings."""
+        info = self.engine.info
+        spec = ModelSpec(info.path, self.options.backend, info.name) if info else ModelSpec(
+            self.options.model or "", self.options.backend
+        )
+        self.load_model(spec)
+
+    # ----------------------------------------------------------------- theme
+
+    def _on_theme_changed(self, theme: Any) -> None:
+        name = getattr(theme, "name", str(theme))
+        if name == self._saved_theme:
+            return
+        self._saved_theme = name
+        if self.options.save_theme is not None:
+            try:
+                self.options.save_theme(name)
+            except Exception as exc:
+                log.exception("saving the theme failed")
+                self.notify(f"could not save the theme: {exc}", severity="warning")
+
+    # --------------------------------------------------------------- screens
+
+    def action_help(self) -> None:
+        """Show the help screen."""
+        if isinstance(self.screen, HelpScreen):
+            return
+        bindings = [*self.BINDINGS, *ChatScreen.BINDINGS]
+        self.push_screen(HelpScreen([b for b in bindings if isinstance(b, Binding)],
+                                    self.slash_help()))
+
+    def action_toggle_metrics(self) -> None:
+        """Show or hide the metrics side panel (F4)."""
+        panel = self.chat.metrics_panel
+        panel.display = not panel.display
+        if panel.display:
+            self.session.sample_rss()
+            panel.refresh_metrics()
+
+    def action_metrics_screen(self) -> None:
+        """Open the full metrics screen (F5)."""
+        if isinstance(self.screen, MetricsScreen):
+            self.screen.dismiss(None)
+            return
+        self.push_screen(MetricsScreen(self.session))
+
+    def reply_finished(self, metrics: ReplyMetrics | None) -> None:
+        """Called by the chat screen when a reply ends."""
+        if metrics is not None:
+            self.session.sample_rss()
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat
+        actions: list[tuple[str, str, Callable[[], Any]]] = [
+            ("New chat", "Start a new conversation (Ctrl+N)", chat.action_new_chat),
+            ("Stop reply", "Stop the streaming reply (Esc)", chat.action_stop),
+            ("Regenerate reply", "Replace the last reply (Ctrl+R)", chat.action_regenerate),
+            ("Edit last message", "Edit and resend the last message (Ctrl+L)",
+             chat.action_edit_last),
+            ("Copy last reply", "Copy the last reply to the clipboard (Ctrl+O)",
+             chat.action_copy_reply),
+            ("Copy code block", "Copy a code block of the last reply (Ctrl+T)",
+             chat.action_copy_code),
+            ("Conversations", "Show or hide the conversation list (Ctrl+B)",
+             chat.action_toggle_sidebar),
+            ("System prompt", "Edit this conversation's system prompt (F6)",
+             chat.action_system_prompt),
+            ("Pick model", "Open the model picker (F2)", self.action_pick_model),
+            ("Settings", "Edit the configuration (F3)", self.action_settings),
+            ("Metrics panel", "Show or hide the metrics panel (F4)", self.action_toggle_metrics),
+            ("Metrics screen", "Every metric of this session (F5)", self.action_metrics_screen),
+            ("Next model", "Load the next recently used model (Ctrl+Down)",
+             partial(self.action_cycle_model, 1)),
+            ("Previous model", "Load the previous recently used model (Ctrl+Up)",
+             partial(self.action_cycle_model, -1)),
+            ("Reload model", "Load the current model again", self.reload_model),
+            ("Help", "Keys and commands (F1)", self.action_help),
+        ]
+        for title, help_text, callback in actions:
+            yield SystemCommand(title, help_text, callback)
+
+    # ---------------------------------------------------------------- slash
+
+    def slash_help(self) -> list[tuple[str, str]]:
+        """(usage, help) of every slash command, for the help screen."""
+        from app.slash import COMMANDS
+
+        return [(c.usage, c.help) for c in COMMANDS.values()]
+
+    async def run_slash(self, line: str) -> None:
+        """Run a slash command typed in the input (app.slash), then do what it asks."""
+        from app.slash import SlashContext, run_slash
+
+        chat = self.chat
+        context = SlashContext(self.options.config, chat.conversation, self.store.history,
+                               self.model_label(self.engine.info))
+        before = chat.conversation
+        try:
+            result = await asyncio.to_thread(run_slash, line, context)
+        except Exception as exc:  # a bug in a command must not take the app down
+            log.exception("slash command %r failed", line)
+            self.notify(f"{line.split()[0]} failed: {exc}", severity="error")
+            return
+        if not result.ok:
+            await chat.add_note(result.message)
+            self.notify(result.message, title=line.split()[0], severity="error")
+            return
+        action = result.action
+        if action == "help":
+            self.action_help()
+            return
+        if action == "quit":
+            await self.action_quit()
+            return
+        if action in ("clear", "load_conversation") and isinstance(result.value, Conversation):
+            if chat.generation is not None:
+                chat.generation.cancel()
+                await chat.wait_for_reply()
+            self.store.keep(result.value)
+            await chat.show_conversation(result.value)
+        elif action == "system" and chat.conversation is before and before is not None:
+            self.store.keep(before)
+            try:
+                self.store.write_mirror()
+            except LampchatError as exc:
+                self.notify(str(exc), severity="error")
+        if result.message and action != "clear":
+            await chat.add_note(result.message)
+        if action == "load_model" and result.value:
+            self.load_model(ModelSpec(str(result.value), self.options.backend))
+        elif action == "settings" and self.options.config is not None:
+            self.apply_config(self.options.config, set(result.changed))
+            if result.reload_needed:
+                self.notify("Reload the model to apply this (command palette: Reload model).")
+        elif action == "clear":
+            self.notify(result.message or "New conversation.")
+
+    # ------------------------------------------------------------------ quit
+
+    async def action_quit(self) -> None:
+        """Stop the reply, close the engine (no thread left running), then exit."""
+        if self._quitting:
+            return
+        self._quitting = True
+        self.run_worker(self._quit(), group="quit", exit_on_error=False)
+
+    async def _quit(self) -> None:
+        try:
+            await asyncio.wait_for(self.shutdown_engine(), QUIT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.error("the engine did not stop within %.0f s", QUIT_TIMEOUT_S)
+        self.exit(0)
+
+    async def shutdown_engine(self) -> None:
+        """Cancel the running reply (it is saved, marked stopped), close the engine thread."""
+        if self._engine_closed:
+            return
+        chat = self.chat
+        if chat.generation is not None:
+            chat.generation.cancel()
+            await chat.wait_for_reply()
+        self.save_session()
+        await self.engine.close()
+        self._engine_closed = True
+
+    def save_session(self) -> None:
+        """Keep whatever is in flight (marked interrupted) and write --save-history's file."""
+        try:
+            self.store.interrupt_all()
+            self.store.write_mirror()
+        except Exception:
+            log.exception("saving the session failed")
+
+    async def on_unmount(self) -> None:
+        if not self._engine_closed:
+            try:
+                await asyncio.wait_for(self.engine.close(), QUIT_TIMEOUT_S)
+            except Exception:
+                log.exception("closing the engine failed")
+            self._engine_closed = True

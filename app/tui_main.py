@@ -1,0 +1,109 @@
+"""`lampchat` with no subcommand: resolve flags, environment and config, then run the TUI."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from app.options import load_settings_from_args, sampling_from_args
+from app.tui import LampchatApp, TuiOptions
+from app.tui_store import ChatStore
+from engine.errors import LampchatError
+
+log = logging.getLogger(__name__)
+
+
+def options_from_config(config: Any, base: TuiOptions | None = None) -> TuiOptions:
+    """TuiOptions from an `app.config.Config` (CLI flags go on top, see `options_from_args`)."""
+    base = base or TuiOptions()
+    if config is None:
+        return base
+    return replace(
+        base,
+        model=config.model(),
+        backend=config.backend(),
+        load=config.load_settings(),
+        sampling=config.sampling(),
+        system_prompt=config.system_prompt() or "",
+        theme=str(config.get("ui.theme")),
+        show_metrics=bool(config.get("ui.show_metrics")),
+        config=config,
+    )
+
+
+def options_from_args(args: argparse.Namespace, base: TuiOptions) -> TuiOptions:
+    """`base` with the command line's flags applied (flags win over everything)."""
+    options = replace(
+        base,
+        sampling=sampling_from_args(args, base.sampling),
+        load=load_settings_from_args(args, base.load, base.config),
+    )
+    if getattr(args, "model", None):
+        options.model = args.model
+    if getattr(args, "backend", None):
+        options.backend = args.backend
+    if getattr(args, "system", None) is not None:
+        options.system_prompt = args.system
+    return options
+
+
+def theme_saver(config: Any) -> Any:
+    """A function that writes `ui.theme` (and only it) into the config file."""
+
+    def save(name: str) -> None:
+        from app.config import load_config, save_config
+
+        config.set("ui.theme", name)
+        fresh = load_config(config.path, create=False)
+        if fresh.parse_failed:
+            raise LampchatError(f"{config.path} could not be parsed; the theme was not saved")
+        fresh.set("ui.theme", name)
+        save_config(fresh)
+
+    return save
+
+
+def build_app(args: argparse.Namespace) -> LampchatApp:
+    """The app configured from `args`, the environment and the config file."""
+    from app.config import load_config
+    from app.history import HistoryStore, load_conversation_file
+    from app.prompt_history import open_prompt_history
+
+    config = load_config(getattr(args, "config", None))
+    options = options_from_args(args, options_from_config(config))
+    options.sampling.validate()
+    options.save_theme = theme_saver(config)
+    options.prompt_history = open_prompt_history(config)
+    if getattr(args, "load_history", None):
+        options.load_history = load_conversation_file(args.load_history)
+        if getattr(args, "system", None) is not None:
+            options.load_history.system_prompt = args.system
+    history = HistoryStore(config.history_dir()) if config.get("session.auto_save") else None
+    save_history = getattr(args, "save_history", None)
+    store = ChatStore(history, Path(save_history).expanduser() if save_history else None)
+    if store.save_history is not None:
+        store.check_save_target()
+    app = LampchatApp(options, store)
+    app.startup_warnings = list(config.warnings)
+    return app
+
+
+def run_tui(args: argparse.Namespace) -> int:
+    """Run the full-screen app until the user quits; returns the exit status.
+
+    Whatever ends it (Ctrl+Q, /bye, SIGTERM, SIGHUP, an error), the reply in flight is kept,
+    marked interrupted, and `--save-history` is written.
+    """
+    app = build_app(args)
+    try:
+        result = app.run()
+    finally:
+        app.save_session()
+    if app.return_code not in (None, 0):
+        print("lampchat: the TUI stopped on an error (details in the log file)", file=sys.stderr)
+        return int(app.return_code or 1)
+    return int(result or 0)

@@ -1,0 +1,298 @@
+"""Chat message widgets: user prompts, streaming Markdown replies, and the scrolling log.
+
+Replies stream through `Markdown.get_stream()`. Text fed to a reply is buffered and written to
+the stream at most once per frame, however fast tokens arrive, and the Markdown gets one full
+`update()` when the reply ends (streamed code blocks can otherwise lose their body, textual#6518).
+
+The log mounts only the most recent messages (`ChatLog.window`); older ones are loaded on
+demand, so a long conversation keeps layout cheap (textual#5163).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.timer import Timer
+from textual.widgets import Button, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from engine.types import ReplyMetrics
+
+MessageState = Literal["done", "streaming", "stopped", "error", "interrupted"]
+
+FRAME_S = 1 / 60
+"""How often buffered reply text is written to the screen while streaming."""
+
+_FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def code_blocks(markdown: str) -> list[str]:
+    """The bodies of the fenced code blocks in `markdown`, in order."""
+    return [match.group(2) for match in _FENCE.finditer(markdown)]
+
+
+def format_tps(value: float) -> str:
+    """Tokens per second, short."""
+    return f"{value:.1f} tok/s" if value < 1000 else f"{value:,.0f} tok/s"
+
+
+def format_ms(value: float) -> str:
+    """Milliseconds, or seconds when long."""
+    return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
+
+
+def reply_meta(metrics: ReplyMetrics | None, state: MessageState = "done") -> str:
+    """The line under a reply: model, backend, TTFT, tokens/s (and why it ended early)."""
+    parts: list[str] = []
+    if metrics is not None:
+        if metrics.model:
+            parts.append(metrics.model)
+        if metrics.backend:
+            parts.append(metrics.backend)
+        parts.append(f"TTFT {format_ms(metrics.ttft_ms)}")
+        parts.append(format_tps(metrics.decode_tps))
+        approx = "~" if metrics.tokens_estimated else ""
+        parts.append(f"{approx}{metrics.completion_tokens} tokens")
+        if metrics.finish_reason == "length":
+            parts.append("max tokens reached")
+    if state == "stopped":
+        parts.append("stopped")
+    elif state == "interrupted":
+        parts.append("interrupted")
+    elif state == "error" and metrics is not None and metrics.error:
+        parts.append(f"error: {metrics.error}")
+    elif state == "error":
+        parts.append("error")
+    return " · ".join(parts)
+
+
+@dataclass
+class MessageData:
+    """What the log shows for one message."""
+
+    role: Literal["user", "assistant", "system"]
+    content: str
+    metrics: ReplyMetrics | None = None
+    state: MessageState = "done"
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class MessageView(Vertical):
+    """Base class of a message in the log."""
+
+    DEFAULT_CSS = """
+    MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
+    MessageView > .role { color: $text-muted; text-style: bold; height: 1; }
+    """
+
+    ROLE_LABEL: ClassVar[str] = ""
+
+    def __init__(self, data: MessageData, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.data = data
+
+    @property
+    def text(self) -> str:
+        """The message's text."""
+        return self.data.content
+
+
+class UserMessage(MessageView):
+    """A prompt the user sent, shown as plain text."""
+
+    ROLE_LABEL = "You"
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.ROLE_LABEL, classes="role")
+        yield Static(self.data.content, markup=False, classes="body")
+
+
+class SystemNote(MessageView):
+    """A note from Lampchat in the log (slash command output, system prompt changes)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.data.content, markup=False, classes="body")
+
+
+class AssistantMessage(MessageView):
+    """A reply: Markdown that can stream, and a metrics line under it."""
+
+    ROLE_LABEL = "Assistant"
+
+    def __init__(self, data: MessageData, **kwargs: object) -> None:
+        super().__init__(data, **kwargs)
+        self._pending: list[str] = []
+        self._stream: MarkdownStream | None = None
+        self._timer: Timer | None = None
+        self.shown_chars = 0
+        """Characters written to the Markdown so far (for tests and benchmarks)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(self.ROLE_LABEL, classes="role")
+        yield Markdown(self.data.content, classes="body")
+        yield Static(reply_meta(self.data.metrics, self.data.state), markup=False, classes="meta")
+
+    def on_mount(self) -> None:
+        self.set_class(self.data.state != "done", f"-{self.data.state}")
+
+    @property
+    def markdown(self) -> Markdown:
+        """The Markdown widget holding the reply."""
+        return self.query_one(Markdown)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the reply is still streaming."""
+        return self._stream is not None
+
+    def start_stream(self) -> None:
+        """Begin streaming: later `feed` calls append text, one write per frame."""
+        self.data.state = "streaming"
+        self.add_class("-streaming")
+        self._stream = Markdown.get_stream(self.markdown)
+        self._timer = self.set_interval(FRAME_S, self._flush, name="reply-frame")
+
+    def feed(self, text: str) -> None:
+        """Queue streamed text; it reaches the screen on the next frame."""
+        self._pending.append(text)
+
+    async def _flush(self) -> None:
+        if not self._pending or self._stream is None:
+            return
+        chunk = "".join(self._pending)
+        self._pending.clear()
+        self.shown_chars += len(chunk)
+        await self._stream.write(chunk)
+
+    def set_meta(self, text: str) -> None:
+        """Replace the line under the reply."""
+        self.query_one(".meta", Static).update(text)
+
+    async def finish(
+        self, text: str, metrics: ReplyMetrics | None, state: MessageState = "done"
+    ) -> None:
+        """End the stream: write what is left, then render the whole reply once."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        await self._flush()
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.data.content = text
+        self.data.metrics = metrics
+        self.data.state = state
+        self.remove_class("-streaming")
+        self.set_class(state != "done", f"-{state}")
+        await self.markdown.update(text)
+        self.shown_chars = len(text)
+        self.set_meta(reply_meta(metrics, state))
+
+
+def make_view(data: MessageData) -> MessageView:
+    """The widget for `data`."""
+    if data.role == "assistant":
+        return AssistantMessage(data)
+    if data.role == "user":
+        return UserMessage(data)
+    return SystemNote(data)
+
+
+class ChatLog(VerticalScroll):
+    """The scrolling conversation. Only the last `window` messages are mounted at first.
+
+    It stays anchored to the bottom (following a stream) until the user scrolls up.
+    """
+
+    DEFAULT_CSS = """
+    ChatLog { height: 1fr; }
+    ChatLog > #earlier { width: 100%; margin: 0 1; }
+    """
+
+    class EarlierLoaded(Message):
+        """Older messages were mounted at the top."""
+
+    def __init__(self, window: int = 60, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.window = window
+        self.messages: list[MessageData] = []
+        self._first_mounted = 0
+
+    @property
+    def hidden_count(self) -> int:
+        """How many older messages are not mounted."""
+        return self._first_mounted
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    def _earlier_label(self) -> str:
+        return f"▲ {self._first_mounted} earlier messages (click, or Home to load)"
+
+    async def load(self, messages: list[MessageData]) -> None:
+        """Show `messages` (a whole conversation), replacing what is shown."""
+        self.messages = list(messages)
+        self._first_mounted = max(0, len(self.messages) - self.window)
+        with self.app.batch_update():
+            await self.remove_children()
+            views: list[Static | MessageView] = []
+            if self._first_mounted:
+                views.append(Button(self._earlier_label(), id="earlier", compact=True))
+            views.extend(make_view(m) for m in self.messages[self._first_mounted :])
+            if views:
+                await self.mount_all(views)
+        self.anchor()
+
+    async def add(self, data: MessageData) -> MessageView:
+        """Append a message at the bottom."""
+        self.messages.append(data)
+        view = make_view(data)
+        await self.mount(view)
+        return view
+
+    async def remove_last(self, count: int = 1) -> None:
+        """Remove the last `count` conversation messages (and the notes shown after them)."""
+        views: list[MessageView] = []
+        for view in reversed(list(self.query(MessageView))):
+            if count <= 0:
+                break
+            views.append(view)
+            if view.data.role != "system":
+                count -= 1
+        gone = {id(view.data) for view in views}
+        self.messages = [m for m in self.messages if id(m) not in gone]
+        for view in views:
+            await view.remove()
+
+    async def load_earlier(self, count: int | None = None) -> None:
+        """Mount up to `count` (default: `window`) more of the older messages."""
+        if not self._first_mounted:
+            return
+        count = count or self.window
+        start = max(0, self._first_mounted - count)
+        views = [make_view(m) for m in self.messages[start : self._first_mounted]]
+        self._first_mounted = start
+        button = self.query_one("#earlier", Button)
+        await self.mount_all(views, after=button)
+        if start:
+            button.label = self._earlier_label()
+        else:
+            await button.remove()
+        self.post_message(self.EarlierLoaded())
+
+    async def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "earlier":
+            event.stop()
+            await self.load_earlier()
+
+    def last_view(self, role: str | None = None) -> MessageView | None:
+        """The last mounted message view (of `role`, if given)."""
+        for view in reversed(list(self.query(MessageView))):
+            if role is None or view.data.role == role:
+                return view
+        return None
