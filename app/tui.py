@@ -308,6 +308,7 @@ class LampchatApp(App[int]):
         self.session.model = info
         self.session.context_limit = info.context_length if info else None
         self.session.gpu_memory = self.gpu_memory(info)
+        self.session.sample_rss()
         chat.set_model_label(self.model_label(info))
         chat.metrics_panel.refresh_metrics()
 
@@ -508,6 +509,8 @@ class LampchatApp(App[int]):
              chat.action_toggle_sidebar),
             ("System prompt", "Edit this conversation's system prompt (F6)",
              chat.action_system_prompt),
+            ("Export to Markdown", "Write this conversation as a Markdown file (Ctrl+E)",
+             chat.action_export),
             ("Pick model", "Open the model picker (F2)", self.action_pick_model),
             ("Settings", "Edit the configuration (F3)", self.action_settings),
             ("Metrics panel", "Show or hide the metrics panel (F4)", self.action_toggle_metrics),

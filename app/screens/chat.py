@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from textual import work
@@ -13,6 +14,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, ProgressBar, Static
 
+from app.export import export_markdown
 from app.history import Conversation, Message
 from app.screens.dialogs import ConfirmScreen, TextPromptScreen
 from app.tui_store import message_state, metrics_from_dict
@@ -59,6 +61,7 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+o", "copy_reply", "Copy reply", show=False),
         Binding("ctrl+t", "copy_code", "Copy code", show=False),
         Binding("f6", "system_prompt", "System prompt", show=False),
+        Binding("ctrl+e", "export", "Export", show=False),
     ]
 
     def __init__(self) -> None:
@@ -421,6 +424,27 @@ class ChatScreen(Screen[None]):
         self.app.push_screen(
             TextPromptScreen("System prompt for this conversation", current, multiline=True), done
         )
+
+    def action_export(self) -> None:
+        """Export this conversation to a Markdown file (asks for the path)."""
+        conversation = self.conversation
+        if conversation is None or not conversation.messages:
+            self.notify("Nothing to export yet.", severity="warning")
+            return
+        default = str(Path.cwd() / f"lampchat-{conversation.id}.md")
+
+        def done(value: str | None) -> None:
+            if value is None or not value.strip() or conversation is None:
+                return
+            try:
+                written = export_markdown(conversation, value.strip())
+            except LampchatError as exc:
+                self.notify(str(exc), title="Not exported", severity="error")
+                return
+            self.notify(f"Exported to {written}.")
+
+        self.app.push_screen(TextPromptScreen("Export this conversation to Markdown", default),
+                             done)
 
     async def set_system_prompt(self, text: str) -> None:
         """Set this conversation's system prompt (it applies from the next reply)."""
