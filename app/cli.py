@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, subcommands included."""
-    parser = _Parser(prog="lampchat", description="Chat with local language models.")
+    parser = _Parser(prog="lampchat", description="Chat with local language models.",
+                     allow_abbrev=False)  # else `convert --to` is ambiguous with --top-k/--top-p
     from app import options  # the TUI's flags (`lampchat` with no subcommand)
 
     options.add_model_options(parser)
