@@ -1,0 +1,276 @@
+"""MLX through mlx-lm, for HF-style folders (safetensors, MLX-quantized ones included).
+
+Runs on Apple silicon (Metal), and on Linux through `mlx[cpu]` or MLX's CUDA packages. The
+prompt is rendered with Lampchat's own chat template and tokenizer (as in every backend) and
+streamed with `mlx_lm.stream_generate`, with the shared sampling settings mapped to mlx-lm's
+sampler and logits processors.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import Backend, ProgressCallback
+from engine.chat_template import ChatTemplate
+from engine.errors import (
+    BackendUnavailableError,
+    DeviceUnavailableError,
+    LampchatError,
+    ModelLoadError,
+)
+from engine.formats.detect import detect_format
+from engine.sampling import PENALTY_LAST_N
+from engine.textstream import StopMatcher
+from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'lampchat[mlx]'"
+MLX_FORMATS = ("safetensors", "mlx")
+"""Formats mlx-lm reads: HF folders with safetensors weights, plain or MLX-quantized."""
+
+
+def import_mlx() -> tuple[Any, Any]:
+    """`(mlx.core, mlx_lm)`, or BackendUnavailableError with the install hint."""
+    try:
+        import mlx.core as mx
+        import mlx_lm
+    except Exception as exc:  # ImportError, or a broken native library
+        raise BackendUnavailableError(
+            f"the MLX backend needs mlx and mlx-lm ({INSTALL_HINT}): {exc}"
+        ) from exc
+    return mx, mlx_lm
+
+
+def mlx_device(mx: Any, device: str) -> Any:
+    """The MLX device for a Lampchat device name ("auto", "cpu", "metal", "cuda", "gpu")."""
+    kind = (device or "auto").strip().lower().partition(":")[0]
+    if kind == "auto":
+        return mx.default_device()
+    if kind == "cpu":
+        return mx.cpu
+    if kind in ("metal", "cuda", "gpu"):
+        has_gpu = bool(mx.metal.is_available()) or bool(
+            getattr(mx, "cuda", None) is not None and mx.cuda.is_available()
+        )
+        if not has_gpu:
+            raise DeviceUnavailableError(
+                f"MLX has no {kind} device in this install (MLX uses Metal on Apple silicon; "
+                "for CUDA: pip install 'mlx[cuda12]')"
+            )
+        return mx.gpu
+    raise DeviceUnavailableError(f"MLX cannot run on device {device!r} (choose cpu, metal or cuda)")
+
+
+def _device_label(mx: Any, dev: Any) -> str:
+    if dev == mx.cpu:
+        return "cpu"
+    if mx.metal.is_available():
+        return "metal"
+    return "cuda"
+
+
+def _weights_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _quantization(config: dict[str, Any]) -> str:
+    quant = config.get("quantization") or config.get("quantization_config")
+    if isinstance(quant, dict) and "bits" in quant:
+        return f"MLX {quant['bits']}-bit (group {quant.get('group_size', '?')})"
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "")
+    return {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(dtype, dtype or "unknown")
+
+
+class MLXBackend(Backend):
+    """Runs HF-style folders with mlx-lm; one model at a time, generation on the engine thread."""
+
+    name = "mlx"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._mx: Any = None
+        self._model: Any = None
+        self._mlx_tokenizer: Any = None
+        self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
+        self._stream: Any = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._n_ctx = 0
+
+    def load(
+        self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
+    ) -> ModelInfo:
+        """Load an HF-style folder (safetensors + config.json + tokenizer) with mlx-lm."""
+        report = progress or (lambda _f, _w: None)
+        mx, mlx_lm = import_mlx()
+        path = Path(model).expanduser()
+        info = detect_format(path)
+        if info.format not in MLX_FORMATS:
+            raise ModelLoadError(
+                f"the MLX backend reads HF-style safetensors folders (plain or MLX-quantized); "
+                f"{path} is {info.format}"
+            )
+        folder = info.path if info.path.is_dir() else info.path.parent
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelLoadError(f"the model folder has no tokenizer.json: {folder}")
+        from engine.formats import hf_folder
+        from engine.tokenizer import load_tokenizer_json
+
+        config = hf_folder.read_config(folder)
+        device = mlx_device(mx, settings.device)
+        started = time.perf_counter()
+        report(0.05, "loading weights with mlx-lm")
+        try:
+            mx.set_default_device(device)
+            net, mlx_tokenizer = mlx_lm.load(str(folder))
+        except LampchatError:
+            raise
+        except Exception as exc:  # mlx-lm raises ValueError/KeyError/FileNotFoundError...
+            text = " ".join(str(exc).split())[:300]
+            raise ModelLoadError(f"mlx-lm cannot load {folder}: {text}") from exc
+        report(0.85, "loading tokenizer")
+        tokenizer = load_tokenizer_json(folder / "tokenizer.json")
+        eos = set(hf_folder.eos_token_ids(folder, config, tokenizer))
+        for token_id in eos:
+            mlx_tokenizer.add_eos_token(str(token_id))
+        self._mx = mx
+        self._model = net
+        self._mlx_tokenizer = mlx_tokenizer
+        self._tokenizer = tokenizer
+        self._template = hf_folder.chat_template(folder)
+        self._eos_ids = frozenset(eos | set(mlx_tokenizer.eos_token_ids))
+        self._stream = mx.new_stream(device)
+        max_pos = int(config.get("max_position_embeddings") or 4096)
+        self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
+        n_params = sum(v.size for _, v in _flatten(net.parameters()))
+        self.settings = settings
+        self.info = ModelInfo(
+            name=folder.name,
+            path=str(path),
+            backend=self.name,
+            device=_device_label(mx, device),
+            format=info.format,
+            quantization=_quantization(config),
+            n_params=int(n_params),
+            context_length=self._n_ctx,
+            file_size=_weights_size(folder),
+            chat_template_source=self._template.source,
+        )
+        log.info("mlx: loaded %s on %s in %.1fs", folder, device, time.perf_counter() - started)
+        report(1.0, "ready")
+        return self.info
+
+    def unload(self) -> None:
+        """Drop the model and return MLX's cached buffers to the system."""
+        self._model = None
+        self._mlx_tokenizer = None
+        self._tokenizer = None
+        self._template = None
+        self._stream = None
+        self.info = None
+        gc.collect()
+        if self._mx is not None:
+            self._mx.clear_cache()
+
+    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens for `messages`, rendered with the model's chat template."""
+        if self._template is None or self._tokenizer is None:
+            raise LampchatError("no model is loaded")
+        prompt = self._template.render(messages)
+        return list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
+
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Stream a reply with `mlx_lm.stream_generate`."""
+        from mlx_lm.generate import stream_generate
+        from mlx_lm.sample_utils import make_logits_processors, make_sampler
+        from tokenizers.decoders import DecodeStream
+
+        mx = self._mx
+        if self._model is None or mx is None:
+            raise LampchatError("no model is loaded")
+        tokens = self.tokenize_prompt(messages)
+        if len(tokens) >= self._n_ctx:
+            raise LampchatError(
+                f"the conversation is {len(tokens)} tokens, more than the context of "
+                f"{self._n_ctx}; start a new conversation or raise the context length"
+            )
+        stats.prompt_tokens = len(tokens)
+        max_tokens = min(sampling.max_tokens, self._n_ctx - len(tokens))
+        if sampling.seed is not None:
+            mx.random.seed(sampling.seed)
+        greedy = sampling.greedy
+        sampler = make_sampler(
+            temp=0.0 if greedy else sampling.temperature,
+            top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
+            min_p=sampling.min_p,
+            top_k=sampling.top_k,
+        )
+        processors = None
+        if sampling.repeat_penalty != 1.0:
+            processors = make_logits_processors(
+                repetition_penalty=sampling.repeat_penalty,
+                repetition_context_size=PENALTY_LAST_N,
+            )
+        mx.reset_peak_memory()
+        decoder = DecodeStream(skip_special_tokens=True)
+        stops = StopMatcher(sampling.stop)
+        pending = 0
+        hit = False
+        finish = "length"
+        responses = stream_generate(
+            self._model, self._mlx_tokenizer, mx.array(tokens, dtype=mx.int32),
+            max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
+            stream=self._stream,
+        )
+        last = None
+        try:
+            for response in responses:
+                last = response
+                if response.finish_reason == "stop":  # the end token itself: not shown
+                    finish = "stop"
+                    break
+                token = int(response.token)
+                if token in self._eos_ids:
+                    finish = "stop"
+                    break
+                pending += 1
+                text = decoder.step(self._tokenizer, token)
+                if text:
+                    out, hit = stops.feed(text)
+                    if out:
+                        yield Piece(out, pending)
+                        pending = 0
+                    if hit:
+                        finish = "stop"
+                        break
+                if response.finish_reason is not None or self.cancelled:
+                    break
+        finally:
+            responses.close()
+        if last is not None:
+            log.info("mlx: prompt %.1f tok/s, decode %.1f tok/s, peak %.3f GB",
+                     last.prompt_tps, last.generation_tps, last.peak_memory)
+        stats.finish_reason = finish  # type: ignore[assignment]
+        tail = "" if hit else stops.flush()
+        if tail or pending:
+            yield Piece(tail, pending)
+
+
+def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(name, array) pairs of an MLX parameter tree (nested dicts and lists)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _flatten(value, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), tree
