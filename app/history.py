@@ -697,19 +697,21 @@ def _summary(path: Path, mtime: float) -> ConversationSummary:
 
 def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
     """The top-level keys of a conversation file, read up to its first message."""
-    lines = []
-    size = 0
+    data = b""
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line in handle:
-                if line.strip() == _MESSAGE_HEADER or size > _HEADER_READ_LIMIT:
+        with open(path, "rb") as handle:
+            while len(data) < _HEADER_READ_LIMIT:
+                chunk = handle.read(8192)
+                data += chunk
+                cut = data.find(b"\n[[messages]]")
+                if cut >= 0:
+                    data = data[: cut + 1]
                     break
-                lines.append(line)
-                size += len(line)
+                if not chunk:
+                    break
     except OSError as exc:
         return {}, f"cannot read it ({exc.strerror or exc})"
     try:
-        return _parse("".join(lines)), None
+        return _parse(data.decode("utf-8", errors="replace")), None
     except ValueError as exc:
         return {}, f"unreadable header ({_first_line(exc)})"
-
