@@ -1,0 +1,398 @@
+"""onnxruntime, for decoder-only LLM ONNX models with a KV cache.
+
+The model follows the convention of optimum and the onnxruntime-genai model builder (and of
+`lampchat convert --to onnx`): inputs `input_ids`, `attention_mask`, `position_ids`,
+`past_key_values.{i}.key/.value`; outputs `logits`, `present.{i}.key/.value`. The folder also
+holds config.json and tokenizer.json (plus tokenizer_config.json for the chat template).
+
+The KV cache stays in onnxruntime's memory between steps (IO binding: each step's `present`
+outputs are bound as the next step's `past` inputs) and is kept across replies, so a new turn
+only computes its new tokens. Execution providers follow the device: CUDA, CoreML, DirectML,
+ROCm or the CPU, whichever the installed onnxruntime offers.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from engine.backends.base import Backend, ProgressCallback
+from engine.chat_template import ChatTemplate
+from engine.errors import (
+    BackendUnavailableError,
+    DeviceUnavailableError,
+    LampchatError,
+    ModelLoadError,
+)
+from engine.formats.detect import detect_format
+from engine.sampling import Sampler
+from engine.textstream import StopMatcher
+from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'lampchat[onnx]'"
+PREFILL_CHUNK = 512
+"""Prompt tokens per forward pass (bounds the attention scores' memory)."""
+
+DEVICE_PROVIDERS: dict[str, tuple[str, ...]] = {
+    "cuda": ("CUDAExecutionProvider", "TensorrtExecutionProvider"),
+    "metal": ("CoreMLExecutionProvider",),
+    "coreml": ("CoreMLExecutionProvider",),
+    "directml": ("DmlExecutionProvider",),
+    "rocm": ("ROCMExecutionProvider", "MIGraphXExecutionProvider"),
+}
+"""onnxruntime execution providers for each Lampchat device kind, preferred first."""
+
+AUTO_ORDER = ("cuda", "directml", "metal", "rocm")
+"""Device kinds tried, in order, when the device is "auto"."""
+
+PROVIDER_HINTS = {
+    "cuda": "pip install onnxruntime-gpu",
+    "directml": "pip install onnxruntime-directml (Windows)",
+    "metal": "the CoreML provider comes with onnxruntime on macOS",
+    "coreml": "the CoreML provider comes with onnxruntime on macOS",
+    "rocm": "install an onnxruntime build with ROCm or MIGraphX",
+}
+
+_KV_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+"""Providers whose KV cache stays in device memory between steps."""
+
+
+def import_onnxruntime() -> Any:
+    """The onnxruntime module, or BackendUnavailableError with the install hint."""
+    try:
+        import onnxruntime
+    except Exception as exc:  # ImportError, or a broken native library
+        raise BackendUnavailableError(
+            f"the ONNX backend needs onnxruntime ({INSTALL_HINT}): {exc}"
+        ) from exc
+    return onnxruntime
+
+
+def choose_providers(device: str, available: Sequence[str]) -> tuple[list[str], str]:
+    """The execution providers for `device` and the device kind they run on.
+
+    "auto" takes the first GPU kind whose provider is available, else the CPU. A forced device
+    whose provider is missing raises DeviceUnavailableError saying what to install. The CPU
+    provider always comes last, for operators a GPU provider lacks.
+    """
+    kind = (device or "auto").strip().lower().partition(":")[0]
+    if kind == "gpu":
+        kind = next((k for k in AUTO_ORDER if _present(k, available)), "cuda")
+    if kind == "auto":
+        kind = next((k for k in AUTO_ORDER if _present(k, available)), "cpu")
+    cpu = ["CPUExecutionProvider"]
+    if kind == "cpu":
+        return cpu, "cpu"
+    if kind not in DEVICE_PROVIDERS:
+        raise DeviceUnavailableError(
+            f"onnxruntime cannot run on device {device!r} "
+            "(choose cpu, cuda, metal, directml or rocm)"
+        )
+    found = [p for p in DEVICE_PROVIDERS[kind] if p in available]
+    if not found:
+        short = ", ".join(p.removesuffix("ExecutionProvider") for p in available) or "none"
+        raise DeviceUnavailableError(
+            f"this onnxruntime has no {kind} execution provider (it has: {short}); "
+            f"{PROVIDER_HINTS[kind]}"
+        )
+    return found[:1] + cpu, "metal" if kind == "coreml" else kind
+
+
+def _present(kind: str, available: Sequence[str]) -> bool:
+    return any(p in available for p in DEVICE_PROVIDERS[kind])
+
+
+def default_threads() -> int:
+    """Physical cores: onnxruntime's matrix products run best with one thread per core."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def _model_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    preferred = path / "model.onnx"
+    if preferred.is_file():
+        return preferred
+    files = sorted(path.glob("*.onnx"))
+    if not files:
+        raise ModelLoadError(f"the folder holds no .onnx model: {path}")
+    return files[0]
+
+
+class OnnxBackend(Backend):
+    """Runs decoder-only ONNX models with onnxruntime; one model and one KV cache at a time."""
+
+    name = "onnx"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ort: Any = None
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._bos_id: int | None = None
+        self._n_layers = 0
+        self._kv_shape: tuple[int, int] = (0, 0)
+        self._kv_dtype: Any = np.float32
+        self._kv_device = "cpu"
+        self._input_names: set[str] = set()
+        self._n_ctx = 0
+        self._past: list[Any] = []
+        self._cache_tokens: list[int] = []
+
+    def load(
+        self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
+    ) -> ModelInfo:
+        """Open an ONNX folder (model.onnx + config.json + tokenizer.json) in onnxruntime."""
+        report = progress or (lambda _f, _w: None)
+        ort = import_onnxruntime()
+        path = Path(model).expanduser()
+        info = detect_format(path)
+        if info.format != "onnx":
+            raise ModelLoadError(f"the ONNX backend reads .onnx models; {path} is {info.format}")
+        file = _model_file(info.path)
+        folder = file.parent
+        from engine.formats import hf_folder
+        from engine.tokenizer import load_tokenizer_json
+
+        if not (folder / "tokenizer.json").is_file():
+            raise ModelLoadError(f"the ONNX model folder has no tokenizer.json: {folder}")
+        config = hf_folder.read_config(folder)
+        providers, kind = choose_providers(settings.device, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = settings.n_threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        started = time.perf_counter()
+        report(0.05, f"opening {file.name} ({', '.join(providers)})")
+        try:
+            session = ort.InferenceSession(str(file), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            text = " ".join(str(exc).split())
+            text = text if len(text) <= 300 else text[:297] + "..."
+            raise ModelLoadError(f"onnxruntime cannot load {file}: {text}") from exc
+        report(0.9, "reading the tokenizer")
+        self._check_signature(session, file)
+        tokenizer = load_tokenizer_json(folder / "tokenizer.json")
+        template = hf_folder.chat_template(folder)
+        self._ort = ort
+        self._session = session
+        self._tokenizer = tokenizer
+        self._template = template
+        self._eos_ids = frozenset(hf_folder.eos_token_ids(folder, config, tokenizer))
+        tcfg = hf_folder.tokenizer_config(folder)
+        self._bos_id = None
+        if tcfg.get("add_bos_token") and template.bos_token:
+            self._bos_id = tokenizer.token_to_id(template.bos_token)
+        used = session.get_providers()[0]
+        self._kv_device = _KV_DEVICE.get(used, "cpu")
+        max_pos = int(config.get("max_position_embeddings") or 4096)
+        self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
+        self._past, self._cache_tokens = [], []
+        meta = session.get_modelmeta().custom_metadata_map
+        n_params = int(meta["lampchat.n_params"]) if "lampchat.n_params" in meta else None
+        weights = meta.get("lampchat.weights") or str(config.get("torch_dtype") or "")
+        quant = {"float32": "F32", "float16": "F16", "int8": "INT8 (per channel)"}.get(
+            weights, weights or "unknown")
+        self.settings = settings
+        self.info = ModelInfo(
+            name=folder.name if path.is_dir() else file.stem,
+            path=str(path),
+            backend=self.name,
+            device=kind if used != "CPUExecutionProvider" else "cpu",
+            format="onnx",
+            quantization=quant,
+            n_params=n_params,
+            context_length=self._n_ctx,
+            file_size=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()
+                          and (p.suffix in (".onnx", ".data") or p.name.endswith("_data"))),
+            chat_template_source=template.source,
+        )
+        log.info("onnx: loaded %s with %s in %.1fs", file, used, time.perf_counter() - started)
+        report(1.0, "ready")
+        return self.info
+
+    def _check_signature(self, session: Any, file: Path) -> None:
+        """Check the KV-cache convention and read the cache's layout from it."""
+        inputs = {i.name: i for i in session.get_inputs()}
+        outputs = {o.name for o in session.get_outputs()}
+        n_layers = 0
+        while f"past_key_values.{n_layers}.key" in inputs:
+            n_layers += 1
+        missing = [n for n in ("input_ids",) if n not in inputs]
+        if "logits" not in outputs:
+            missing.append("logits (output)")
+        if n_layers == 0:
+            missing.append("past_key_values.0.key")
+        elif f"present.{n_layers - 1}.value" not in outputs:
+            missing.append(f"present.{n_layers - 1}.value (output)")
+        if missing:
+            raise ModelLoadError(
+                f"{file} is not a decoder LLM with a KV cache in the optimum/genai convention "
+                f"(missing {', '.join(missing)})"
+            )
+        past = inputs["past_key_values.0.key"]
+        shape = past.shape
+        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+            raise ModelLoadError(
+                f"{file}: past_key_values.0.key must be [batch, kv_heads, past, head_dim] "
+                f"with fixed kv_heads and head_dim (got {shape})"
+            )
+        self._n_layers = n_layers
+        self._kv_shape = (int(shape[1]), int(shape[3]))
+        self._kv_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
+        self._input_names = set(inputs)
+
+    def unload(self) -> None:
+        """Close the session and drop the KV cache."""
+        self._session = None
+        self._past, self._cache_tokens = [], []
+        self._tokenizer = None
+        self._template = None
+        self.info = None
+        gc.collect()
+
+    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens for `messages`, rendered with the model's chat template."""
+        if self._template is None or self._tokenizer is None:
+            raise LampchatError("no model is loaded")
+        prompt = self._template.render(messages)
+        ids = list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
+        if self._bos_id is not None and not prompt.startswith(self._template.bos_token):
+            ids.insert(0, self._bos_id)
+        return ids
+
+    # -- the KV cache -------------------------------------------------------------------------
+
+    def _empty_past(self) -> list[Any]:
+        heads, dim = self._kv_shape
+        empty = np.zeros((1, heads, 0, dim), dtype=self._kv_dtype)
+        value = self._ort.OrtValue.ortvalue_from_numpy(empty)
+        return [value] * (2 * self._n_layers)
+
+    def _truncate_cache(self, keep: int) -> None:
+        """Keep the first `keep` cached positions."""
+        if keep == len(self._cache_tokens) and self._past:
+            return
+        if keep == 0 or not self._past:
+            self._past, self._cache_tokens = self._empty_past(), []
+            return
+        ort_value = self._ort.OrtValue
+        self._past = [ort_value.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :keep]))
+                      for v in self._past]
+        del self._cache_tokens[keep:]
+
+    def _forward(self, tokens: Sequence[int]) -> np.ndarray:
+        """Run `tokens` after the cached ones; return the last position's logits."""
+        session = self._session
+        start = len(self._cache_tokens)
+        n = len(tokens)
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
+        if "attention_mask" in self._input_names:
+            binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
+        if "position_ids" in self._input_names:
+            binding.bind_cpu_input("position_ids",
+                                   np.arange(start, start + n, dtype=np.int64)[None])
+        for i in range(self._n_layers):
+            binding.bind_ortvalue_input(f"past_key_values.{i}.key", self._past[2 * i])
+            binding.bind_ortvalue_input(f"past_key_values.{i}.value", self._past[2 * i + 1])
+        binding.bind_output("logits")
+        for i in range(self._n_layers):
+            binding.bind_output(f"present.{i}.key", self._kv_device)
+            binding.bind_output(f"present.{i}.value", self._kv_device)
+        session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()
+        self._past = list(outputs[1:])
+        self._cache_tokens.extend(tokens)
+        return np.asarray(logits[0, -1], dtype=np.float32)
+
+    def _prefill(self, tokens: Sequence[int]) -> np.ndarray | None:
+        """Make the cache hold `tokens`, reusing the cached prefix; None if cancelled."""
+        common = 0
+        for a, b in zip(self._cache_tokens, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        pos = min(common, len(tokens) - 1)
+        self._truncate_cache(pos)
+        logits = None
+        while pos < len(tokens):
+            if self.cancelled:
+                return None
+            chunk = list(tokens[pos : pos + PREFILL_CHUNK])
+            logits = self._forward(chunk)
+            pos += len(chunk)
+        return logits
+
+    # -- generation -----------------------------------------------------------------------
+
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Prefill the prompt (reusing the cached prefix), then decode token by token."""
+        from tokenizers.decoders import DecodeStream
+
+        if self._session is None:
+            raise LampchatError("no model is loaded")
+        tokens = self.tokenize_prompt(messages)
+        if len(tokens) >= self._n_ctx:
+            raise LampchatError(
+                f"the conversation is {len(tokens)} tokens, more than the context of "
+                f"{self._n_ctx}; start a new conversation or raise the context length"
+            )
+        stats.prompt_tokens = len(tokens)
+        max_tokens = min(sampling.max_tokens, self._n_ctx - len(tokens))
+        sampler = Sampler(sampling)
+        decoder = DecodeStream(skip_special_tokens=True)
+        stops = StopMatcher(sampling.stop)
+        pending = 0
+        hit = False
+        finish = "length"
+        try:
+            logits = self._prefill(tokens)
+        except Exception:
+            self._past, self._cache_tokens = [], []  # a failed run leaves the cache unknown
+            raise
+        history = list(tokens)
+        count = 0
+        while logits is not None and not self.cancelled:
+            token = sampler(logits, history)
+            if token in self._eos_ids:
+                finish = "stop"
+                break
+            count += 1
+            history.append(token)
+            pending += 1
+            text = decoder.step(self._tokenizer, token)
+            if text:
+                out, hit = stops.feed(text)
+                if out:
+                    yield Piece(out, pending)
+                    pending = 0
+                if hit:
+                    finish = "stop"
+                    break
+            if count >= max_tokens or self.cancelled:
+                break
+            logits = self._forward([token])
+        if self.cancelled:
+            finish = "cancelled"
+        stats.finish_reason = finish  # type: ignore[assignment]
+        tail = "" if hit else stops.flush()
+        if tail or pending:
+            yield Piece(tail, pending)
