@@ -20,6 +20,7 @@ import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 import tomlkit
@@ -43,8 +44,10 @@ __all__ = [
     "Config",
     "Field",
     "config_path",
+    "display_value",
     "field_for",
     "load_config",
+    "mask_url",
     "render_template",
     "save_config",
     "validate_file",
@@ -237,6 +240,37 @@ class Config:
 
     def __repr__(self) -> str:  # never shows values: some are secret
         return f"Config(path={str(self.path)!r}, warnings={len(self.warnings)})"
+
+
+def display_value(field: Field, value: Any) -> str:
+    """`value` as TOML text safe to show anywhere (`config show`, `/set`, settings screens):
+    a secret is `"<hidden>"` (or `""` when unset), and a URL's password and query values
+    (which may hold API keys) are masked as `****`."""
+    if field.secret:
+        return '"<hidden>"' if value else '""'
+    if field.key.endswith("url") and isinstance(value, str):
+        value = mask_url(value)
+    return tomlkit.item(value).as_string()
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password and query values replaced by `****` (user and host kept)."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # a bad port raises ValueError
+    except ValueError:
+        return "****" if "@" in url or "?" in url else url
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, has_password, _password = userinfo.partition(":")
+        netloc = f"{user}:****@{hostport}" if has_password else f"{userinfo}@{hostport}"
+    query = "&".join(
+        f"{name}=****" if has_value else name
+        for name, has_value, _v in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    fragment = "****" if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _copy(value: Any) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from app.config import SCHEMA, Config, field_for, save_config
+from app.config import SCHEMA, Config, display_value, field_for, save_config
 from app.export import export_markdown
 from app.history import (
     Conversation,
@@ -171,10 +171,7 @@ def _path_arg(arg: str, usage: str) -> Path:
 
 
 def _shown(config: Config, dotted: str) -> str:
-    value = config.get(dotted)
-    if field_for(dotted).secret:
-        return "<hidden>" if value else '""'
-    return repr(value) if isinstance(value, str) else str(value)
+    return display_value(field_for(dotted), config.get(dotted))
 
 
 # -- the commands -------------------------------------------------------------------------------
@@ -183,8 +180,7 @@ def _shown(config: Config, dotted: str) -> str:
 def _set(arg: str, context: SlashContext) -> SlashResult:
     config = _need_config(context)
     if not arg:
-        lines = [f"{f.dotted} = {_shown(config, f.dotted)}" for f in
-                 (f for keys in SCHEMA.values() for f in keys.values())]
+        lines = [f"{f.dotted} = {_shown(config, f.dotted)}" for f, _v, _s in config.items()]
         return SlashResult(message="Settings (/set KEY VALUE changes one):\n" + "\n".join(lines))
     key, _, value = arg.partition(" ")
     if key.lower() == "parameter":  # Ollama: /set parameter temperature 0.3

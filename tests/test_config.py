@@ -13,6 +13,7 @@ from app.config import (
     Config,
     config_path,
     load_config,
+    mask_url,
     render_template,
     save_config,
     validate_file,
@@ -280,6 +281,33 @@ def test_secret_is_never_in_warnings_repr_or_show(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "SECRET" not in done.stdout + done.stderr
     assert 'api_key = "<hidden>"  # env' in done.stdout
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1"),
+    ("http://bob:sk-PASS@host:9/v1", "http://bob:****@host:9/v1"),
+    ("https://sk-TOKENONLY@host/v1", "https://sk-TOKENONLY@host/v1"),  # user only: no password
+    ("http://host/v1?api_key=sk-Q&debug", "http://host/v1?api_key=****&debug"),
+    ("http://host/v1#sk-FRAG", "http://host/v1#****"),
+    ("http://u:sk-P@host:notaport/v1", "****"),
+])
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_config_show_masks_url_credentials(tmp_path: Path) -> None:
+    """A password or a key in an endpoint's base_url is never printed either."""
+    path = tmp_path / "c.toml"
+    path.write_text('[remote.lab]\nbase_url = "http://bob:sk-URLPASS@127.0.0.1:9/v1"\n'
+                    '[remote.q]\nbase_url = "http://127.0.0.1:9/v1?api_key=sk-QUERY"\n')
+    done = run_lampchat("config", "show", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "sk-" not in done.stdout + done.stderr
+    assert 'base_url = "http://bob:****@127.0.0.1:9/v1"  # file' in done.stdout
+    assert 'base_url = "http://127.0.0.1:9/v1?api_key=****"  # file' in done.stdout
+    done = run_lampchat("config", "set", "remote.lab.api_key", "sk-NEWKEY", "--config", str(path))
+    assert done.returncode == 0 and "sk-" not in done.stdout + done.stderr
+    assert load_config(path, env={}).remote_endpoints()["lab"]["api_key"] == "sk-NEWKEY"
 
 
 # -- saving -----------------------------------------------------------------------------------

@@ -107,8 +107,12 @@ def test_config_save_keeps_the_file_comments(context: SlashContext) -> None:
 def test_config_show_hides_secrets(context: SlashContext) -> None:
     run_slash("/set remote.lab.api_key sk-TOPSECRET", context)
     shown = run_slash("/config show", context).message
-    assert "TOPSECRET" not in shown and "remote.lab.api_key = <hidden>  # session" in shown
+    assert "TOPSECRET" not in shown and 'remote.lab.api_key = "<hidden>"  # session' in shown
     assert "TOPSECRET" not in run_slash("/set", context).message
+    run_slash("/set remote.lab.base_url http://bob:sk-URLPASS@127.0.0.1:9/v1?key=sk-Q", context)
+    for line in ("/config show", "/set remote.lab.base_url", "/set"):
+        shown = run_slash(line, context).message
+        assert "sk-" not in shown and "http://bob:****@127.0.0.1:9/v1?key=****" in shown
 
 
 def test_system_prompt(context: SlashContext) -> None:

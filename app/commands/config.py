@@ -6,11 +6,10 @@ import argparse
 import sys
 from typing import Any
 
-import tomlkit
-
 from app.config import (
     Config,
     config_path,
+    display_value,
     field_for,
     load_config,
     save_config,
@@ -71,11 +70,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _shown(config: Config, dotted: str) -> str:
-    field = field_for(dotted)
-    value = config.get(dotted)
-    if field.secret:
-        return '"<hidden>"' if value else '""'
-    return tomlkit.item(value).as_string()
+    return display_value(field_for(dotted), config.get(dotted))
 
 
 def render_effective(config: Config) -> str:
