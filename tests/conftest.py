@@ -63,3 +63,44 @@ def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path)
     )
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_onnx_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_hf_dir: Path) -> Path:
+    """The converted SmolLM2 exported by the real `lampchat convert --to onnx` (float32)."""
+    base = tmp_path_factory.mktemp("smollm2-onnx")
+    out = base / "SmolLM2-135M-Instruct-onnx"
+    result = run_lampchat(
+        "convert", str(smollm2_hf_dir), "--to", "onnx", "-o", str(out),
+        env={"LAMPCHAT_LOG_FILE": str(base / "convert.log")},
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+GREEDY_PROMPT = "Write a short poem about the sea."
+"""The user message of the greedy-agreement tests."""
+
+
+@pytest.fixture(scope="session")
+def smollm2_greedy_reference(smollm2_hf_dir: Path) -> tuple[list[int], list[int]]:
+    """(prompt ids, first 32 greedy ids) of the native engine on the converted SmolLM2,
+    for GREEDY_PROMPT rendered with the model's chat template; no repetition penalty."""
+    import gc
+
+    from engine.formats.loader import load_model
+    from engine.native import build_model
+    from engine.native.generator import Generator
+    from engine.sampling import Sampler
+    from engine.types import ChatMessage, SamplingParams
+
+    loaded = load_model(smollm2_hf_dir)
+    prompt = loaded.template.render([ChatMessage("user", GREEDY_PROMPT)])
+    ids = list(loaded.tokenizer.encode(prompt, add_special_tokens=False).ids)
+    generator = Generator(build_model(loaded.config, loaded.weights), 256)
+    greedy = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=32)
+    out = list(generator.generate(ids, Sampler(greedy), 32, set(loaded.eos_token_ids)))
+    assert len(out) == 32, "the reference reply ended before 32 tokens"
+    del generator, loaded
+    gc.collect()
+    return ids, out
