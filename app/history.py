@@ -1,6 +1,6 @@
 """Crash-safe conversation history: one TOML file per conversation, appended message by message.
 
-File format (documented in README "History file format")::
+File format (documented with examples in docs/history.md)::
 
     format = "lampchat-conversation"
     version = 1

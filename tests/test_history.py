@@ -22,6 +22,7 @@ from app.history import (
     parse_conversation,
     save_conversation_file,
 )
+from tests.conftest import REPO
 
 TRICKY = 'Line one\n[[messages]]\nrole = "user"\n"""triple""" \\ back\ttab \x00 \r\n émoji 🦙'
 
@@ -398,3 +399,20 @@ def test_missing_file_is_a_one_line_error(tmp_path: Path) -> None:
         load_conversation_file(tmp_path / "nope.toml")
     with pytest.raises(HistoryError, match="no such conversation file"):
         HistoryStore(tmp_path).load("nope")
+
+
+def test_the_documented_example_is_a_valid_conversation_file(tmp_path: Path) -> None:
+    """docs/history.md's examples are read by the real parser (the docs cannot drift)."""
+    text = (REPO / "docs/history.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+    assert len(blocks) == 2
+    conv = parse_conversation(blocks[0], tmp_path / "chat.toml")
+    assert conv.problems == [] and conv.system_prompt == "Answer in one sentence."
+    assert [m.role for m in conv.messages] == ["user", "assistant"]
+    assert conv.messages[1].metrics is not None
+    assert conv.messages[1].metrics["finish_reason"] == "length"
+    header = blocks[0].split("\n[[messages]]")[0] + "\n"
+    cut = parse_conversation(header + blocks[1], tmp_path / "cut.toml")
+    assert cut.problems == [] and cut.messages[0].interrupted
+    assert cut.messages[0].metrics is not None
+    assert cut.messages[0].metrics["finish_reason"] == "cancelled"
