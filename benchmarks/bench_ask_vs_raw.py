@@ -17,6 +17,10 @@ Modes (default: engine):
 - cli: the real `lampchat ask --json` process against a fresh Python process that loads the
   same model with llama-cpp-python and streams the same chat completion; both report TTFT from
   the request (after loading) and decode tokens/s the same way.
+- abort-callback: a diagnostic, not a check. Decode ms/token of one raw `Llama` with no abort
+  callback, with a Python ctypes abort callback (what engine/backends/llama_cpp.py installs
+  for cancel; ggml calls it after every graph node, about 600 times per token on SmolLM2),
+  and with a C function as the callback (libc `strlen` on a 2-byte flag buffer: no GIL).
 
 Decode tokens/s is computed the same way on both sides: tokens after the first one over the
 time from the first token to the last. Lampchat's own per-reply metric (`decode_tps` in
@@ -25,6 +29,7 @@ time from the first token to the last. Lampchat's own per-reply metric (`decode_
 Usage:
     .venv/bin/python benchmarks/bench_ask_vs_raw.py                     # engine mode, 7 reps
     .venv/bin/python benchmarks/bench_ask_vs_raw.py --mode cli --reps 5
+    .venv/bin/python benchmarks/bench_ask_vs_raw.py --mode abort-callback --reps 10
     .venv/bin/python benchmarks/bench_ask_vs_raw.py --mode both --reps 10 --max-tokens 128 \
         --threads 2 --json ask_vs_raw.json
 Exit status: 0 when every check passes, 1 when one fails.
@@ -259,6 +264,73 @@ def cli_mode(model: str, reps: int, max_tokens: int, threads: int, n_ctx: int) -
     return [series]
 
 
+# -- abort callback cost (diagnostic) --------------------------------------------------------
+
+
+def abort_callback_mode(model: str, reps: int, max_tokens: int, threads: int,
+                        n_ctx: int) -> None:
+    """Print decode ms/token with no, a Python and a C abort callback, interleaved."""
+    import ctypes
+    import threading
+
+    import llama_cpp
+
+    llm = raw_llama(model, n_ctx, threads)
+    flag_event = threading.Event()
+    calls = [0]
+
+    @llama_cpp.ggml_abort_callback
+    def python_cb(_data: Any) -> bool:
+        calls[0] += 1
+        return flag_event.is_set()
+
+    libc = ctypes.CDLL(None)
+    c_cb = ctypes.cast(libc.strlen, llama_cpp.ggml_abort_callback)
+    flag = ctypes.create_string_buffer(2)  # strlen() reads 0 (go on) or 1 (abort)
+    modes = {
+        "none": (ctypes.cast(None, llama_cpp.ggml_abort_callback), ctypes.c_void_p(0)),
+        "python": (python_cb, ctypes.c_void_p(0)),
+        "c (strlen)": (c_cb, ctypes.cast(flag, ctypes.c_void_p)),
+    }
+    prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+
+    def per_token_ms(n: int) -> float:
+        llm.reset()
+        llm.eval(prompt)
+        start = time.perf_counter()
+        for _ in range(n):
+            llm.eval([prompt[-1]])
+        return (time.perf_counter() - start) / n * 1000
+
+    llama_cpp.llama_set_abort_callback(llm._ctx.ctx, *modes["python"])
+    per_token_ms(1)
+    calls[0] = 0
+    per_token_ms(4)
+    print(f"python abort callback calls per decoded token: {calls[0] / 5:.0f}")
+    llama_cpp.llama_set_abort_callback(llm._ctx.ctx, *modes["c (strlen)"])
+    flag[0] = b"\x01"
+    try:
+        llm.reset()
+        llm.eval(prompt)
+        print("c (strlen) callback: did NOT abort")
+    except RuntimeError as exc:
+        print(f"c (strlen) callback with the flag set aborts: {exc}")
+    flag[0] = b"\x00"
+    times: dict[str, list[float]] = {name: [] for name in modes}
+    for rep in range(reps):
+        for name, (cb, data) in modes.items():
+            llama_cpp.llama_set_abort_callback(llm._ctx.ctx, cb, data)
+            times[name].append(per_token_ms(max_tokens))
+        print(f"  rep {rep + 1}/{reps}: " + ", ".join(
+            f"{n} {v[-1]:.2f}" for n, v in times.items()) + " ms/token", file=sys.stderr)
+    base = times["none"]
+    for name, values in times.items():
+        ratio = statistics.median(b / v for b, v in zip(base, values, strict=True))
+        print(f"  {name:11s} {_fmt(values, 2)} ms/token; decode speed vs none "
+              f"(median of pairs) {ratio:.3f}")
+    llm.close()
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -324,7 +396,8 @@ def print_verdict(series: Series, verdict: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="GGUF file (default: the bundled SmolLM2-135M)")
-    parser.add_argument("--mode", choices=("engine", "cli", "both"), default="engine")
+    parser.add_argument("--mode", choices=("engine", "cli", "both", "abort-callback"),
+                        default="engine")
     parser.add_argument("--reps", type=int, default=7, help="interleaved pairs (default 7)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=default_threads())
@@ -337,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model {Path(model).name}, threads {args.threads}, ctx {args.ctx}, "
           f"max_tokens {args.max_tokens}, greedy, {args.reps} interleaved pairs; "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    if args.mode == "abort-callback":
+        abort_callback_mode(model, args.reps, args.max_tokens, args.threads, args.ctx)
+        return 0
     series: list[Series] = []
     if args.mode in ("engine", "both"):
         series += asyncio.run(engine_mode(model, args.reps, args.max_tokens, args.threads,
