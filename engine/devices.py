@@ -674,7 +674,10 @@ def _native_support(cl_devs: list[dict[str, Any]], cl_installed: bool | None,
         text = f"numpy on CPU; OpenCL (pyopencl) on {len(cl_devs)} device(s)"
     elif cl_installed:
         text = "numpy on CPU; pyopencl installed but no OpenCL device"
-        hint = cl_problem or "install an OpenCL driver (e.g. pip install pocl-binary-distribution)"
+        hint = cl_problem or "install an OpenCL driver, e.g. pip install pocl-binary-distribution"
+        return BackendSupport("native", installed=True, version=_dist_version("numpy"),
+                              kinds=kinds, build=text, hint=hint,
+                              problem="pyopencl found no OpenCL device")
     else:
         text = "numpy on CPU"
         hint = "for OpenCL: pip install 'lampchat[opencl]'"

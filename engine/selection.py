@@ -170,6 +170,10 @@ def _forced_candidates(backends: list[str], report: DeviceReport, kind: str, ind
         if devices:
             chosen = devices[0].kind if kind == "gpu" else spec.strip().lower()
             out.append(Candidate(name, chosen))
+        elif kind != "gpu" and kind not in support.kinds and support.problem:
+            # installed for this kind, but nothing found (e.g. pyopencl without a device)
+            hint = f" ({support.hint})" if support.hint else ""
+            reasons.append(f"{name}: {support.problem}{hint}")
         elif kind != "gpu" and kind not in support.kinds:
             how = how_to_get(name, kind)
             if support.kinds == ["cpu"]:

@@ -3,12 +3,15 @@
 `ops_for_device` gives the ops object a native model is built with: numpy for the CPU,
 `OpenCLOps` for "opencl" / "opencl:N". Kernels cover the matrix products, RMSNorm/LayerNorm,
 softmax inside attention, RoPE, SwiGLU/GELU and the KV cache; math is float32, and weights
-may be stored as float16 (`options["opencl_weights"] = "float16"`, or "auto": float16 on
-devices with cl_khr_fp16, else float32).
+may be stored as float16 (`options["opencl_weights"]` or $LAMPCHAT_OPENCL_WEIGHTS: "float16",
+"float32", or "auto": float16 on devices with cl_khr_fp16, else float32). Half weights are
+read with the core `vload_half`, so they work on any device; "auto" uses them only where the
+device says it is built for half precision.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from engine.devices import KIND_LABELS, parse_device
@@ -16,6 +19,8 @@ from engine.errors import ConfigError, DeviceUnavailableError
 from engine.native.ops import NUMPY_OPS, NumpyOps
 
 WEIGHT_DTYPES = ("auto", "float32", "float16")
+WEIGHTS_ENV = "LAMPCHAT_OPENCL_WEIGHTS"
+"""Environment variable choosing the weight type when `options` does not."""
 
 
 def ops_for_device(device: str, options: dict[str, Any] | None = None) -> NumpyOps:
@@ -29,16 +34,18 @@ def ops_for_device(device: str, options: dict[str, Any] | None = None) -> NumpyO
     if kind != "opencl":
         label = KIND_LABELS.get(kind, kind)
         raise DeviceUnavailableError(
-            f"the native engine runs on the CPU or OpenCL, not {label} (use --device opencl, "
-            "or another backend for this device)"
+            f"the native engine has no {device.strip()!r} device: it runs on the CPU or OpenCL "
+            f"(--device cpu / opencl); for {label} use another backend (see `lampchat devices`)"
         )
     from engine.native.opencl.context import open_device
     from engine.native.opencl.ops import OpenCLOps
 
-    dtype = str((options or {}).get("opencl_weights", "auto")).lower()
+    chosen = (options or {}).get("opencl_weights") or os.environ.get(WEIGHTS_ENV) or "auto"
+    dtype = str(chosen).strip().lower()
     if dtype not in WEIGHT_DTYPES:
         raise ConfigError(
-            f"opencl_weights must be one of {', '.join(WEIGHT_DTYPES)}, not {dtype!r}"
+            f"opencl_weights ({WEIGHTS_ENV}) must be one of {', '.join(WEIGHT_DTYPES)}, "
+            f"not {dtype!r}"
         )
     dev = open_device(device)
     half = dtype == "float16" or (dtype == "auto" and dev.fp16)

@@ -24,10 +24,14 @@ F32 = 4
 _ROWS_MAX = 4
 """Up to this many rows a linear layer runs as matrix-vector products, above it tiled."""
 
+_BLOCK = 4
+"""Rows and outputs per work-item of `linear_block` (RB and OB in the kernel source)."""
+
 _I, _F, _L = np.int32, np.float32, np.int64
 _SCALARS: dict[str, list[Any]] = {
     "linear_rows": [None, _I, _I, None, None, _I, None, _I, _I],
     "linear_tiled": [None, _I, _I, None, None, _I, None, _I, _I, _I],
+    "linear_block": [None, _I, _I, None, None, _I, None, _I, _I, _I],
     "rms_norm": [None, _I, _I, None, None, _I, _F],
     "layer_norm": [None, _I, _I, None, None, None, _I, _F],
     "add": [None, _I, _I, None, _I, _I, None, _I],
@@ -144,7 +148,8 @@ class OpenCLOps(NumpyOps):
         self.cl = cl = dev.cl
         self.queue = dev.queue
         self.half_weights = half_weights
-        self.device = dev.id
+        self.device = f"{dev.id} ({dev.name})"
+        """What `ModelInfo.device` shows, e.g. "opencl:0 (pthread-AMD EPYC)"."""
         self.program, self.tile = build_program(dev, half_weights)
         self.kernels = {}
         for name, scalars in _SCALARS.items():
@@ -160,6 +165,9 @@ class OpenCLOps(NumpyOps):
             weakref.WeakKeyDictionary()
         )
         self._ls = dev.group_size
+        self.batched = "tiled" if dev.is_gpu else "block"
+        """Kernel for products of many rows: local-memory tiles on GPUs, register blocks on
+        CPU devices (PoCL), where barriers are costly."""
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -184,13 +192,16 @@ class OpenCLOps(NumpyOps):
 
     def prepare(self, weight: np.ndarray) -> ClWeight:
         """Upload a weight once: vectors as float32, matrices as float16 if half weights."""
-        half = self.half_weights and weight.ndim == 2
-        host = np.ascontiguousarray(weight, dtype=np.float16 if half else np.float32)
-        mf = self.cl.mem_flags
-        buf = self.cl.Buffer(self.dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
-        prepared = ClWeight(buf, tuple(weight.shape), half)
+        prepared = self._constant(weight, half=self.half_weights and weight.ndim == 2)
         self.weight_bytes += prepared.nbytes
         return prepared
+
+    def _constant(self, array: np.ndarray, half: bool = False) -> ClWeight:
+        """A read-only device copy of `array` (float32, or float16 when `half`)."""
+        host = np.ascontiguousarray(array, dtype=np.float16 if half else np.float32)
+        mf = self.cl.mem_flags
+        buf = self.cl.Buffer(self.dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
+        return ClWeight(buf, tuple(array.shape), half)
 
     def fetch(self, x: Any) -> np.ndarray:
         """Copy a device tensor to the host (waits for the queued work)."""
@@ -259,10 +270,14 @@ class OpenCLOps(NumpyOps):
             ls = self._ls
             self._run("linear_rows", (n * ls, x.rows), (ls, 1), x.buf, x.off, x.stride,
                       weight.buf, bias_buf, has_bias, out.buf, k, n)
-        else:
+        elif self.batched == "tiled":
             ts = self.tile
             gsize = (-(-n // ts) * ts, -(-x.rows // ts) * ts)
             self._run("linear_tiled", gsize, (ts, ts), x.buf, x.off, x.stride, weight.buf,
+                      bias_buf, has_bias, out.buf, k, n, x.rows)
+        else:
+            gsize = (-(-n // _BLOCK), -(-x.rows // _BLOCK))
+            self._run("linear_block", gsize, None, x.buf, x.off, x.stride, weight.buf,
                       bias_buf, has_bias, out.buf, k, n, x.rows)
         return out
 
@@ -288,8 +303,7 @@ class OpenCLOps(NumpyOps):
                 and base.flags.c_contiguous and part.shape[1:] == base.shape[1:]):
             held = self._tables.get(id(base))
             if held is None or held[0] is not base:
-                held = (base, self.prepare(base).buf)
-                self.weight_bytes -= base.nbytes  # a table, not a weight
+                held = (base, self._constant(base).buf)  # always float32
                 self._tables[id(base)] = held
             row0 = (part.ctypes.data - base.ctypes.data) // base.strides[0]
             return held[1], int(row0)
