@@ -529,14 +529,21 @@ class LampchatApp(App[int]):
 
     def slash_help(self) -> list[tuple[str, str]]:
         """(usage, help) of every slash command, for the help screen."""
-        from app.slash import COMMANDS
-
+        try:
+            from app.slash import COMMANDS
+        except Exception:  # never let a broken module take the help screen down
+            log.exception("slash commands unavailable")
+            return []
         return [(c.usage, c.help) for c in COMMANDS.values()]
 
     async def run_slash(self, line: str) -> None:
         """Run a slash command typed in the input (app.slash), then do what it asks."""
-        from app.slash import SlashContext, run_slash
-
+        try:
+            from app.slash import SlashContext, run_slash
+        except Exception as exc:
+            log.exception("slash commands unavailable")
+            self.notify(f"slash commands are unavailable: {exc}", severity="error")
+            return
         chat = self.chat
         context = SlashContext(self.options.config, chat.conversation, self.store.history,
                                self.model_label(self.engine.info))

@@ -60,8 +60,9 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+l", "edit_last", "Edit last", show=False),
         Binding("ctrl+o", "copy_reply", "Copy reply", show=False),
         Binding("ctrl+t", "copy_code", "Copy code", show=False),
-        Binding("f6", "system_prompt", "System prompt", show=False),
-        Binding("ctrl+e", "export", "Export", show=False),
+        # priority: the prompt input (a TextArea) binds F6 and Ctrl+E itself
+        Binding("f6", "system_prompt", "System prompt", show=False, priority=True),
+        Binding("ctrl+e", "export", "Export", show=False, priority=True),
     ]
 
     def __init__(self) -> None:

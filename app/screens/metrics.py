@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Sparkline, Static
 
+from app.screens.bench import BenchScreen
+from app.screens.dialogs import TextPromptScreen
+from engine.bench.report import load_report
+from engine.errors import LampchatError
 from widgets.messages import format_ms
 from widgets.metrics_panel import SessionMetrics, render_rows
 
@@ -18,12 +24,18 @@ TABLE_ROWS = 50
 class MetricsScreen(Screen[None]):
     """Everything measured this session. Esc or F5 goes back to the chat."""
 
-    BINDINGS = [Binding("escape,f5,q", "close", "Back to chat")]
+    BINDINGS = [
+        Binding("escape,f5,q", "close", "Back to chat"),
+        Binding("o", "open_bench", "Open bench JSON"),
+    ]
 
-    def __init__(self, session: SessionMetrics, live: bool = True) -> None:
+    def __init__(self, session: SessionMetrics, live: bool = True,
+                 bench_path: str = "") -> None:
         super().__init__(id="metrics")
         self.session = session
         self.live = live
+        self.bench_path = bench_path
+        """The bench file offered by `o` (the last one opened)."""
         self._shown_replies = -1
 
     def compose(self) -> ComposeResult:
@@ -36,7 +48,8 @@ class MetricsScreen(Screen[None]):
                 yield Sparkline([], id="tps-chart")
                 yield Static("", id="ttft-caption", classes="caption", markup=False)
                 yield Sparkline([], id="ttft-chart")
-        yield Static("Last replies", classes="title")
+        yield Static("Last replies  (o: chart a `lampchat bench --json` file)", classes="title",
+                     markup=False)
         yield DataTable(id="replies", zebra_stripes=True, cursor_type="row")
         yield Footer()
 
@@ -91,3 +104,25 @@ class MetricsScreen(Screen[None]):
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+    def action_open_bench(self) -> None:
+        """Ask for a `lampchat bench --json` file and chart it."""
+        default = self.bench_path or str(Path.cwd() / "bench.json")
+        self.app.push_screen(TextPromptScreen("Bench JSON file to chart", default),
+                             self._open_bench)
+
+    def _open_bench(self, path: str | None) -> None:
+        if not path or not path.strip():
+            return
+        self.open_bench(path.strip())
+
+    def open_bench(self, path: str) -> bool:
+        """Chart the bench report at `path`; a bad file is a notification."""
+        try:
+            report = load_report(path)
+        except LampchatError as exc:
+            self.notify(str(exc), title="Bench report", severity="error")
+            return False
+        self.bench_path = path
+        self.app.push_screen(BenchScreen(report, path))
+        return True

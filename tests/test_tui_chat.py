@@ -1,0 +1,558 @@
+"""The chat TUI driven with Textual's Pilot: every binding and screen, on the scripted backend.
+
+The scripted backend (tests/scripted_backend.py) is the real engine worker and a real backend
+class that streams a fixed Markdown reply; the config file, the history dir and the prompt
+history are real files in a temp dir. The real default model through llama.cpp is covered in
+tests/test_tui_real_model.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, Input, Markdown, Static
+
+from app.cli import build_parser
+from app.config import load_config
+from app.history import (
+    HistoryStore,
+    Message,
+    load_conversation_file,
+    new_conversation,
+    save_conversation_file,
+)
+from app.prompt_history import PromptHistory
+from app.screens.bench import BenchScreen
+from app.screens.chat import ChatScreen
+from app.screens.dialogs import ConfirmScreen, TextPromptScreen
+from app.screens.help import HelpScreen
+from app.screens.metrics import MetricsScreen
+from app.tui import LampchatApp, ModelSpec
+from app.tui_main import build_app, options_from_config
+from app.tui_store import ChatStore
+from tests import scripted_backend
+from tests.scripted_backend import REPLY
+from widgets.config_form import widget_id
+from widgets.messages import AssistantMessage, UserMessage
+from widgets.sidebar import ConversationItem, ConversationSidebar
+
+SIZE = (110, 40)
+FAST = "scripted://demo?rate=0"
+
+CONFIG = """\
+# my settings: keep this comment
+[generation]
+temperature = 0.9   # warm
+max_tokens = 512
+
+[ui]
+theme = "textual-dark"
+show_metrics = false
+"""
+
+
+@pytest.fixture(autouse=True)
+def scripted(monkeypatch: pytest.MonkeyPatch) -> None:
+    scripted_backend.install(monkeypatch)
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG + f'\n[session]\nhistory_dir = "{tmp_path / "history"}"\n'
+                    f'history_file = "{tmp_path / "prompts"}"\n', encoding="utf-8")
+    return path
+
+
+def make_app(config_file: Path, model: str = FAST, auto_save: bool = True,
+             save_history: Path | None = None) -> LampchatApp:
+    config = load_config(config_file, env={})
+    options = options_from_config(config)
+    options.model = model
+    options.backend = "scripted"
+    options.prompt_history = PromptHistory(config.prompt_history_path())
+    history = HistoryStore(config.history_dir()) if auto_save else None
+    return LampchatApp(options, ChatStore(history, save_history))
+
+
+async def wait_for(pilot: Any, condition: Callable[[], Any], timeout: float = 20.0) -> None:
+    """Let the app run until `condition()` is true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.02)
+
+
+async def started(pilot: Any) -> ChatScreen:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.engine.info is not None and not app.loading)
+    return app.chat
+
+
+async def send(pilot: Any, text: str) -> None:
+    """Type `text` in the input and press Enter, then wait for the reply to end."""
+    chat: ChatScreen = pilot.app.chat
+    chat.prompt.focus()
+    await pilot.press(*text) if len(text) < 40 else chat.prompt.load_text(text)
+    n = len(chat.conversation.messages) if chat.conversation else 0
+    await pilot.press("enter")
+    if text.startswith("/"):
+        await pilot.pause(0.1)
+        return
+    await wait_for(pilot, lambda: chat.generation is None
+                   and chat.conversation is not None and len(chat.conversation.messages) >= n + 2)
+
+
+def notifications(app: LampchatApp) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+def meta(view: AssistantMessage) -> str:
+    return str(view.query_one(".meta", Static).render())
+
+
+async def test_send_streams_markdown_reply_with_metrics_and_saves_it(config_file: Path,
+                                                                     tmp_path: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        assert "demo · scripted · cpu" in str(chat.query_one("#model-label", Static).render())
+        await send(pilot, "hello there")
+        view = chat.chat_log.last_view("assistant")
+        assert isinstance(view, AssistantMessage)
+        assert view.data.content == REPLY and view.shown_chars == len(REPLY)
+        assert view.data.state == "done"
+        line = meta(view)
+        assert line.startswith("demo · scripted · TTFT ") and "tok/s" in line
+        assert "110 tokens" in line
+        # rendered as Markdown: the table and the code block are real blocks
+        md = view.query_one(Markdown)
+        assert md.query("MarkdownTable") and md.query("MarkdownFence")
+        assert isinstance(chat.chat_log.last_view("user"), UserMessage)
+        assert app.focused is chat.prompt and chat.prompt.text == ""
+        conv = chat.conversation
+    # saved as it happened: one TOML file in the history dir, with the reply's metrics
+    files = list((tmp_path / "history").glob("*.toml"))
+    assert len(files) == 1
+    saved = load_conversation_file(files[0])
+    assert [m.role for m in saved.messages] == ["user", "assistant"]
+    assert saved.messages[1].content == REPLY and not saved.messages[1].interrupted
+    assert saved.messages[1].metrics["completion_tokens"] == 110
+    assert saved.id == conv.id
+    assert PromptHistory(tmp_path / "prompts").items() == ["hello there"]
+
+
+async def test_escape_stops_keeps_partial_marked_stopped_and_refocuses(config_file: Path,
+                                                                       tmp_path: Path) -> None:
+    app = make_app(config_file, "scripted://slow?rate=50&tokens=2000")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await pilot.press(*"tell me a long story", "enter")
+        await wait_for(pilot, lambda: chat.reply_view is not None
+                       and chat.reply_view.shown_chars > 20)
+        assert chat.reply_view.has_class("-streaming")
+        chat.chat_log.focus()
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.generation is None)
+        view = chat.chat_log.last_view("assistant")
+        assert view.data.state == "stopped" and view.has_class("-stopped")
+        assert 0 < len(view.data.content) < len(scripted_backend.long_reply(2000))
+        assert meta(view).endswith("stopped")
+        assert app.focused is chat.prompt
+        stored = chat.conversation.messages[-1]
+        assert stored.content == view.data.content and stored.interrupted
+        assert stored.metrics["finish_reason"] == "cancelled"
+    saved = load_conversation_file(next((tmp_path / "history").glob("*.toml")))
+    assert saved.messages[-1].interrupted and saved.messages[-1].content == stored.content
+
+
+async def test_regenerate_and_edit_resend(config_file: Path) -> None:
+    app = make_app(config_file, "scripted://echo?rate=0&echo=1")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await send(pilot, "first question")
+        first_reply = chat.conversation.messages[-1]
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: chat.generation is None
+                       and chat.conversation.messages[-1] is not first_reply)
+        assert [m.role for m in chat.conversation.messages] == ["user", "assistant"]
+        assert len(chat.chat_log.query(AssistantMessage)) == 1
+        # edit & resend: the last prompt comes back into the input, its reply is dropped
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert chat.prompt.text == "first question"
+        assert chat.conversation.messages == []
+        assert not chat.chat_log.query(UserMessage)
+        await pilot.press("end", *" again", "enter")
+        await wait_for(pilot, lambda: chat.generation is None
+                       and len(chat.conversation.messages) == 2)
+        assert chat.conversation.messages[0].content == "first question again"
+        assert chat.conversation.messages[1].content.startswith("You said: first question again")
+
+
+async def test_copy_last_reply_code_block_and_export(config_file: Path, tmp_path: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("ctrl+o")
+        assert "No reply to copy yet." in notifications(app)
+        await send(pilot, "tea?")
+        await pilot.press("ctrl+o")
+        assert app.clipboard == REPLY
+        await pilot.press("ctrl+t")
+        assert app.clipboard == 'def steep(minutes: int) -> str:\n    return f"steeped for ' \
+            '{minutes} min"\n'
+        await pilot.press("ctrl+e")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press("ctrl+a", "ctrl+k", *str(tmp_path / "tea.md"), "enter")
+        await wait_for(pilot, lambda: (tmp_path / "tea.md").exists())
+        markdown = (tmp_path / "tea.md").read_text()
+        assert markdown.startswith("# tea?") and "## Assistant" in markdown
+        assert "| Green | 80 °C | 2-3     |" in markdown
+
+
+async def test_new_chat_and_sidebar_switch_rename_delete(config_file: Path,
+                                                         tmp_path: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await send(pilot, "about tea")
+        first = chat.conversation
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert chat.conversation is not first and chat.conversation.messages == []
+        assert not chat.chat_log.query(AssistantMessage)
+        await send(pilot, "about coffee")
+        await pilot.press("ctrl+b")
+        sidebar = chat.query_one(ConversationSidebar)
+        await wait_for(pilot, lambda: len(sidebar.list_view.children) == 2)
+        assert [s.title for s in sidebar.summaries] == ["about coffee", "about tea"]
+        assert app.focused is sidebar.list_view
+        # switch to the older one
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: chat.conversation.id == first.id)
+        assert chat.chat_log.last_view("user").data.content == "about tea"
+        assert app.focused is chat.prompt
+        # rename it
+        sidebar.list_view.focus()
+        await pilot.pause()
+        sidebar.list_view.index = 1
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press("ctrl+a", "ctrl+k", *"Tea notes", "enter")
+        await wait_for(pilot, lambda: "Tea notes" in [s.title for s in sidebar.summaries])
+        assert load_conversation_file(first.path).title == "Tea notes"
+        # delete the other one
+        sidebar.list_view.focus()
+        sidebar.list_view.index = [s.title for s in sidebar.summaries].index("about coffee")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(sidebar.summaries) == 1)
+        assert [p.name for p in (tmp_path / "history").glob("*.toml")] == [first.path.name]
+        assert all(isinstance(i, ConversationItem) for i in sidebar.list_view.children)
+        await pilot.press("ctrl+b")
+        assert not sidebar.display and app.focused is chat.prompt
+
+
+async def test_backend_failing_mid_stream_notifies_and_app_stays_usable(
+        config_file: Path) -> None:
+    app = make_app(config_file, "scripted://flaky?rate=0&fail_after=10")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await send(pilot, "hi")
+        view = chat.chat_log.last_view("assistant")
+        assert view.data.state == "error"
+        assert "error: scripted backend failure mid-stream" in meta(view)
+        assert any("scripted backend failure mid-stream" in n for n in notifications(app))
+        assert view.data.content  # the 10 tokens before the failure are kept
+        # still usable: load a working model with /model and chat
+        await send(pilot, f"/model {FAST}")
+        await wait_for(pilot, lambda: app.engine.info.name == "demo" and not app.loading)
+        await send(pilot, "again")
+        assert chat.conversation.messages[-1].content == REPLY
+
+
+async def test_model_that_fails_to_load_is_a_notification(config_file: Path) -> None:
+    app = make_app(config_file, "scripted://broken?fail_load=1")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: not app.loading and app._notifications)
+        assert any("refuses to load" in n for n in notifications(app))
+        assert app.engine.info is None
+        await pilot.press(*"hi", "enter")
+        await pilot.pause()
+        assert "No model is loaded; F2 picks one." in notifications(app)
+        assert isinstance(app.screen, ChatScreen)
+
+
+async def test_cycle_recent_models_with_ctrl_up_down(config_file: Path) -> None:
+    app = make_app(config_file, "scripted://alpha?rate=0")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await pilot.press("ctrl+down")
+        assert any("No other recently used model" in n for n in notifications(app))
+        app.load_model(ModelSpec("scripted://beta?rate=0", "scripted"))
+        await wait_for(pilot, lambda: app.engine.info.name == "beta" and not app.loading)
+        await pilot.press("ctrl+up")
+        await wait_for(pilot, lambda: app.engine.info.name == "alpha" and not app.loading)
+        await pilot.press("ctrl+down")
+        await wait_for(pilot, lambda: app.engine.info.name == "beta" and not app.loading)
+        assert [r.label for r in app.recent] == ["beta", "alpha"]
+        # the palette has an entry per known model (recent ones first)
+        titles = [s.title for s in await app.known_models()]
+        assert titles[:2] == ["beta", "alpha"]
+        assert "SmolLM2-135M-Instruct.Q4_1" in titles
+
+
+async def test_metrics_panel_metrics_screen_and_bench_chart(config_file: Path,
+                                                            tmp_path: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await send(pilot, "one")
+        await send(pilot, "two")
+        panel = chat.metrics_panel
+        assert not panel.display
+        await pilot.press("f4")
+        assert panel.display
+        rows = str(panel.query_one("#rows", Static).render())
+        assert "Replies       2" in rows and "scripted on cpu" in rows
+        assert "Context" in rows and "/ 4,096" in rows
+        await pilot.press("f4")
+        assert not panel.display
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, MetricsScreen))
+        table = app.screen.query_one("#replies", DataTable)
+        assert table.row_count == 2
+        assert [str(c) for c in table.get_row_at(1)][:3] == ["2", "demo", "scripted"]
+        assert "min" in str(app.screen.query_one("#tps-caption", Static).render())
+        # open a bench report and chart it
+        report = bench_report()
+        path = tmp_path / "bench.json"
+        path.write_text(json.dumps(report))
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press("ctrl+a", "ctrl+k", *str(path), "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, BenchScreen))
+        text = "\n".join(str(c.render()) for c in app.screen.query("BarChart"))
+        assert "tg8 t/s (higher is better)" in text and "TTFT ms (lower is better)" in text
+        assert "57.6" in text and "30.0" in text and "failed: boom" in text
+        assert app.screen.query_one("#bench-table", DataTable).row_count == 3
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MetricsScreen))
+        # a file that is not a bench report is a notification, not a crash
+        (tmp_path / "bad.json").write_text("{}")
+        assert not app.screen.open_bench(str(tmp_path / "bad.json"))
+        await pilot.pause()
+        assert any("not a lampchat bench report" in n for n in notifications(app))
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+
+
+def bench_report() -> dict[str, Any]:
+    def stat(value: float) -> dict[str, Any]:
+        return {"mean": value, "stddev": 0.0, "n": 1, "values": [value]}
+
+    def case(backend: str, tg: float, ttft: float) -> dict[str, Any]:
+        return {"model": "m", "model_path": "/m/Smol.gguf", "backend": backend, "device": "cpu",
+                "status": "ok", "load_s": 0.5, "peak_rss_mb": 200.0,
+                "metrics": {"pp32": stat(150.0), "tg8": stat(tg), "ttft_ms": stat(ttft)}}
+
+    failed = {"model": "m", "model_path": "/m/Smol.gguf", "backend": "onnx", "device": "cpu",
+              "status": "failed", "error": "boom"}
+    return {"schema": "lampchat-bench", "version": 1, "host": {"cpu": "test"},
+            "settings": {"pp": [32], "tg": 8, "repetitions": 1},
+            "results": [case("llama.cpp", 57.57, 199.3), case("native", 30.0, 400.0), failed]}
+
+
+async def test_help_screen_footer_and_palette_actions(config_file: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        doc = app.screen.document()
+        for text in ("| Esc | Stop |", "| Ctrl+R | Regenerate |", "| F2 | Model |",
+                     "`/set KEY VALUE`", "`/export PATH`", "Ctrl+J"):
+            assert text in doc
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        chat.chat_log.focus()
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("q")
+        titles = [c.title for c in app.get_system_commands(chat)]
+        for title in ("New chat", "Stop reply", "Regenerate reply", "Edit last message",
+                      "Copy last reply", "Copy code block", "Conversations", "System prompt",
+                      "Export to Markdown", "Pick model", "Settings", "Metrics panel",
+                      "Metrics screen", "Next model", "Previous model", "Help", "Quit"):
+            assert title in titles, title
+        # run one through the palette, as a user would
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"Metrics screen")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MetricsScreen))
+
+
+async def test_slash_commands_through_the_input(config_file: Path, tmp_path: Path) -> None:
+    app = make_app(config_file, "scripted://echo?rate=0&echo=1")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        notes = lambda: [v.data.content for v in chat.chat_log.query("SystemNote")]  # noqa: E731
+        await send(pilot, "/set temperature 0.3")
+        assert app.options.sampling.temperature == 0.3
+        assert notes()[-1].startswith("generation.temperature = 0.3")
+        await send(pilot, "/system Be brief.")
+        assert chat.conversation.system_prompt == "Be brief."
+        await send(pilot, "hello")
+        await send(pilot, f"/save {tmp_path / 'saved.toml'}")
+        saved = load_conversation_file(tmp_path / "saved.toml")
+        assert saved.system_prompt == "Be brief." and len(saved.messages) == 2
+        await send(pilot, f"/export {tmp_path / 'chat.md'}")
+        markdown = (tmp_path / "chat.md").read_text()
+        assert "> Be brief." in markdown and "You said: hello" in markdown
+        await send(pilot, "/clear")
+        assert chat.conversation.messages == [] and chat.conversation.id != saved.id
+        await send(pilot, f"/load {tmp_path / 'saved.toml'}")
+        assert [m.content for m in chat.conversation.messages][0] == "hello"
+        assert len(chat.chat_log.query(AssistantMessage)) == 1
+        await send(pilot, "/model")
+        assert "echo · scripted · cpu" in notes()[-1]
+        await send(pilot, "/bogus")
+        assert "unknown command /bogus" in notes()[-1]
+        await send(pilot, "/set temperature hot")
+        assert app.options.sampling.temperature == 0.3
+        await send(pilot, "/config save")
+        text = config_file.read_text()
+        assert "temperature = 0.3   # warm" in text and "# my settings: keep this comment" in text
+        await send(pilot, "/help")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        # prompt recall: Up walks back through what was typed (slash commands included)
+        chat.prompt.focus()
+        await pilot.press("up")
+        assert chat.prompt.text == "/help"
+        await pilot.press("up", "up")
+        assert chat.prompt.text == "/set temperature hot"
+        await pilot.press("down", "down", "down")
+        assert chat.prompt.text == ""
+
+
+async def test_system_prompt_per_conversation(config_file: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press(*"You are a pirate.", "ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        first = chat.conversation
+        assert first.system_prompt == "You are a pirate."
+        await send(pilot, "ahoy")
+        assert first.chat_messages()[0].content == "You are a pirate."
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert chat.conversation.system_prompt == ""
+        assert load_conversation_file(first.path).system_prompt == "You are a pirate."
+
+
+async def test_settings_edit_and_save_keeps_comments_and_applies_live(config_file: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await started(pilot)
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "SettingsScreen")
+        editor = app.screen.query_one(f"#{widget_id('generation.temperature')}", Input)
+        editor.focus()
+        await pilot.press("home", "ctrl+k", *"0.2")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ChatScreen))
+        assert app.options.sampling.temperature == 0.2
+    text = config_file.read_text()
+    assert "temperature = 0.2   # warm" in text and "# my settings: keep this comment" in text
+
+
+async def test_theme_choice_is_saved_in_the_config(config_file: Path) -> None:
+    from app.tui_main import theme_saver
+
+    app = make_app(config_file)
+    app.options.save_theme = theme_saver(app.options.config)
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        app.theme = "nord"
+        await pilot.pause()
+    assert 'theme = "nord"' in config_file.read_text()
+    assert "# my settings: keep this comment" in config_file.read_text()
+    assert load_config(config_file, env={}).get("ui.theme") == "nord"
+
+
+def tui_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(list(argv))
+
+
+async def test_save_and_load_history_flags(config_file: Path, tmp_path: Path) -> None:
+    start = new_conversation("Answer in French.")
+    start.messages += [Message("user", "earlier question"),
+                       Message("assistant", "earlier answer")]
+    save_conversation_file(start, tmp_path / "start.toml")
+    out = tmp_path / "out.toml"
+    app = build_app(tui_args("--config", str(config_file), "--model",
+                             "scripted://echo?rate=0&echo=1", "--backend", "scripted",
+                             "--load-history", str(tmp_path / "start.toml"),
+                             "--save-history", str(out)))
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        assert [m.content for m in chat.conversation.messages] == ["earlier question",
+                                                                  "earlier answer"]
+        assert len(chat.chat_log.query(AssistantMessage)) == 1
+        await send(pilot, "and now?")
+        sent = chat.conversation.chat_messages()
+        assert [m.role for m in sent] == ["system", "user", "assistant", "user", "assistant"]
+        # the model saw the loaded conversation: its prompt counts every earlier message
+        assert chat.conversation.messages[-1].metrics["prompt_tokens"] > 20
+        await pilot.press("ctrl+q")
+        await pilot.pause(0.3)
+    saved = load_conversation_file(out)
+    assert saved.system_prompt == "Answer in French."
+    assert [m.content for m in saved.messages][:3] == ["earlier question", "earlier answer",
+                                                       "and now?"]
+    assert saved.messages[3].content.startswith("You said: and now?")
+    # the file it started from is never written
+    assert len(load_conversation_file(tmp_path / "start.toml").messages) == 2
+
+
+async def test_quit_mid_reply_saves_it_interrupted(config_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.toml"
+    app = make_app(config_file, "scripted://slow?rate=50&tokens=3000", save_history=out)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await pilot.press(*"go", "enter")
+        await wait_for(pilot, lambda: chat.reply_view is not None
+                       and chat.reply_view.shown_chars > 10)
+        app._on_signal()  # what SIGTERM / SIGHUP / SIGINT do
+        await wait_for(pilot, lambda: app._engine_closed, timeout=10)
+    saved = load_conversation_file(out)
+    assert [m.role for m in saved.messages] == ["user", "assistant"]
+    assert saved.messages[1].interrupted and saved.messages[1].content
+    dir_file = load_conversation_file(next((tmp_path / "history").glob("*.toml")))
+    assert dir_file.messages[1].interrupted
+
+
+def test_save_history_refuses_a_foreign_file(config_file: Path, tmp_path: Path) -> None:
+    target = tmp_path / "notes.toml"
+    target.write_text("my notes, not a conversation\n")
+    from engine.errors import LampchatError
+
+    with pytest.raises(LampchatError, match="not overwritten"):
+        build_app(tui_args("--config", str(config_file), "--save-history", str(target)))
+    assert target.read_text() == "my notes, not a conversation\n"
