@@ -41,6 +41,7 @@ continuing such a conversation writes a new file. No Textual imports here.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -558,6 +559,7 @@ class HistoryStore(ConversationWriter):
     def __init__(self, directory: Path, checkpoint_interval: float = 0.5) -> None:
         super().__init__(checkpoint_interval)
         self.directory = Path(directory).expanduser()
+        self._summaries: dict[str, tuple[int, int, ConversationSummary]] = {}
 
     def _ensure_dir(self) -> None:
         try:
@@ -603,7 +605,8 @@ class HistoryStore(ConversationWriter):
         log.warning("conversation %s is damaged; continuing it in %s", old, conv.path)
 
     def list(self) -> list[ConversationSummary]:
-        """Every conversation, most recently updated first. Reads only each file's header."""
+        """Every conversation, most recently updated first. Reads only each file's header, and
+        only for files that changed (size or mtime) since the last listing."""
         out = []
         try:
             entries = list(os.scandir(self.directory))
@@ -611,9 +614,19 @@ class HistoryStore(ConversationWriter):
             return []
         except OSError as exc:
             raise HistoryError(f"{self.directory}: cannot list it ({exc})") from None
+        cache: dict[str, tuple[int, int, ConversationSummary]] = {}
         for entry in entries:
-            if entry.name.endswith(".toml") and entry.is_file():
-                out.append(_summary(Path(entry.path), entry.stat().st_mtime))
+            if not entry.name.endswith(".toml") or not entry.is_file():
+                continue
+            stat = entry.stat()
+            known = self._summaries.get(entry.path)
+            if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
+                summary = known[2]
+            else:
+                summary = _summary(Path(entry.path), stat.st_mtime)
+            cache[entry.path] = (stat.st_mtime_ns, stat.st_size, summary)
+            out.append(summary)
+        self._summaries = cache
         out.sort(key=lambda s: s.updated, reverse=True)
         return out
 
@@ -711,7 +724,42 @@ def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
                     break
     except OSError as exc:
         return {}, f"cannot read it ({exc.strerror or exc})"
+    text = data.decode("utf-8", errors="replace")
+    quick = _quick_header(text)
+    if quick is not None:
+        return quick, None
     try:
-        return _parse(data.decode("utf-8", errors="replace")), None
+        return _parse(text), None
     except ValueError as exc:
         return {}, f"unreadable header ({_first_line(exc)})"
+
+
+_HEADER_LINE = re.compile(r'([A-Za-z_]+) = ("(?:[^"\\]|\\.)*"|\d+|\d{4}-[\d:.TZ+-]+)[ \t]*')
+_LISTED_KEYS = frozenset({"id", "title", "created"})
+
+
+def _quick_header(text: str) -> dict[str, Any] | None:
+    """The header keys a listing needs (id, title, created), read line by line without a full
+    TOML parse, for headers laid out as Lampchat writes them (one-line strings, integers,
+    datetimes); None when anything before those keys looks different (then tomllib reads it)."""
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            break  # a multi-line string, a table, anything unusual: stop here
+        key, raw = match.groups()
+        try:
+            if raw.startswith('"'):
+                value: Any = json.loads(raw)  # TOML basic strings escape like JSON strings
+            elif "-" in raw:
+                value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            else:
+                value = int(raw)
+        except ValueError:
+            return None
+        out[key] = value
+        if out.keys() >= _LISTED_KEYS:
+            return out
+    return None

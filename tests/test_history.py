@@ -416,3 +416,34 @@ def test_the_documented_example_is_a_valid_conversation_file(tmp_path: Path) -> 
     assert cut.problems == [] and cut.messages[0].interrupted
     assert cut.messages[0].metrics is not None
     assert cut.messages[0].metrics["finish_reason"] == "cancelled"
+
+
+@pytest.mark.parametrize("title", [
+    "plain", 'with "quotes" and \\ backslash', "tab\there", "émoji 🦙 \u2028", "two\nlines",
+    'ends in """', "", "x" * 300, "= [[messages]] =", "\x00\x1f control",
+])
+def test_listing_reads_every_title_as_toml_does(tmp_path: Path, title: str) -> None:
+    """The quick header reader (used for listing) agrees with a full TOML parse."""
+    store = HistoryStore(tmp_path)
+    conv = store.create(title=title, system_prompt='multi\ntitle = "not this"\n')
+    store.append(conv, "user", "hello")
+    assert conv.path is not None
+    (summary,) = store.list()
+    full = tomlkit.parse(conv.path.read_text()).unwrap()
+    assert summary.title == (full["title"] or "(untitled)")
+    assert summary.id == full["id"] == conv.id
+    assert abs(summary.created - full["created"].timestamp()) < 1e-6
+
+
+def test_listing_is_cached_until_a_file_changes(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path)
+    first, second = _chat(store, 1), _chat(store, 1)
+    assert {s.title for s in store.list()} == {"question 0"}
+    store.rename(first, "renamed")
+    assert {s.title for s in store.list()} == {"renamed", "question 0"}
+    assert second.path is not None
+    second.path.write_text(second.path.read_text().replace('title = "question 0"',
+                                                           'title = "edited by hand!"'))
+    assert {s.title for s in store.list()} == {"renamed", "edited by hand!"}
+    store.delete(first)
+    assert [s.title for s in store.list()] == ["edited by hand!"]
