@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from engine.backends.base import Backend
@@ -24,7 +26,12 @@ def _content_tokens(chunk: dict[str, Any]) -> int:
 
 
 class LlamaCppRaw(RawBaseline):
-    """`Llama.eval` for prompts, `Llama.create_chat_completion(stream=True)` for replies."""
+    """`Llama.eval` for prompts, `Llama.create_chat_completion(stream=True)` for replies.
+
+    It reuses the backend's loaded `Llama` (same settings, one copy of the weights in the
+    peak RSS) but runs without the abort callback the backend installs for cancel, as a plain
+    llama-cpp-python program would: that callback's cost is part of Lampchat's overhead.
+    """
 
     calls = {
         "pp": "Llama.reset(); Llama.eval(tokens)",
@@ -32,18 +39,41 @@ class LlamaCppRaw(RawBaseline):
     }
 
     def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self.llm = _llm(backend)
+
+    @contextlib.contextmanager
+    def _plain(self) -> Iterator[None]:
+        """No abort callback inside the block; the backend's own is put back after."""
+        import llama_cpp
+
+        reinstall = getattr(self.backend, "_install_abort_callback", None)
+        if reinstall is None:
+            yield
+            return
+        llama_cpp.llama_set_abort_callback(self.llm._ctx.ctx,
+                                           ctypes.cast(None, llama_cpp.ggml_abort_callback),
+                                           ctypes.c_void_p(0))
+        try:
+            yield
+        finally:
+            reinstall()  # the backend's own callback and data, however it makes them
 
     def prompt(self, tokens: list[int]) -> float:
         """Seconds for `Llama.eval` on `tokens` from an empty context."""
         self.llm.reset()
-        start = time.perf_counter()
-        self.llm.eval(tokens)
-        return time.perf_counter() - start
+        with self._plain():
+            start = time.perf_counter()
+            self.llm.eval(tokens)
+            return time.perf_counter() - start
 
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> StreamTiming:
         """One streamed chat completion; each content chunk is one token."""
         self.llm.reset()
+        with self._plain():
+            return self._chat(messages, sampling)
+
+    def _chat(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> StreamTiming:
         start = time.perf_counter()
         chunks = self.llm.create_chat_completion(
             messages=[{"role": m.role, "content": m.content} for m in messages],
