@@ -75,13 +75,32 @@ def _quote(text: str) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in text.splitlines())
 
 
-def export_markdown(conv: Conversation, path: str | Path) -> Path:
-    """Write `conv` as Markdown to `path` (atomically); returns the path written."""
+_EXPORT_MARK = "*Exported from Lampchat on "
+
+
+def export_markdown(conv: Conversation, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Write `conv` as Markdown to `path` (atomically); returns the path written.
+
+    An existing file is replaced only when it is an earlier Lampchat export (or with
+    `overwrite`, after the user confirmed); anything else raises LampchatError, file untouched.
+    """
     target = Path(path).expanduser()
     if target.is_dir():
         raise LampchatError(f"{target} is a folder; give a file name, e.g. {target}/chat.md")
+    if not overwrite and target.exists() and not _is_export(target):
+        raise LampchatError(f"{target} exists and is not a Lampchat export; not overwritten, "
+                            f"choose another path")
     try:
         atomic_write_text(target, conversation_markdown(conv), mode=0o644)
     except OSError as exc:
         raise LampchatError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target
+
+
+def _is_export(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return not head.strip() or _EXPORT_MARK in head

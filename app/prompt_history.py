@@ -62,7 +62,8 @@ class PromptHistory:
 
     def add(self, text: str) -> None:
         """Remember a prompt (appended to the file; the file is compacted when it grows past
-        twice the cap)."""
+        twice the cap). LampchatError (one line) when the file cannot be written; the prompt
+        is still recalled for this session."""
         if not text.strip() or self.max_entries == 0:
             return
         items = self._items if self._items is not None else self.items()

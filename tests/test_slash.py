@@ -193,6 +193,14 @@ def test_export_markdown(context: SlashContext, tmp_path: Path) -> None:
     assert text.index("Hi there\n\n") < text.index("Hello!") < text.index("cut sh")
     result = run_slash(f"/export {tmp_path}", context)
     assert not result.ok and "is a folder" in result.message
+    # exporting again replaces the earlier export; someone else's file is never replaced
+    conv.messages.append(Message("user", "one more"))
+    assert run_slash(f"/export {path}", context).ok and "one more" in path.read_text()
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    result = run_slash(f"/export {notes}", context)
+    assert not result.ok and "not overwritten" in result.message
+    assert notes.read_text() == "# my notes\n"
 
 
 def test_model_help_quit(context: SlashContext) -> None:
