@@ -136,6 +136,8 @@ async def test_send_streams_markdown_reply_with_metrics_and_saves_it(config_file
         # rendered as Markdown: the table and the code block are real blocks
         md = view.query_one(Markdown)
         assert md.query("MarkdownTable") and md.query("MarkdownFence")
+        assert md.query_one("MarkdownFence").code.startswith("def steep(minutes: int)")
+        assert md.source == REPLY and view.full_updates == 0  # the stream was already exact
         assert isinstance(chat.chat_log.last_view("user"), UserMessage)
         assert app.focused is chat.prompt and chat.prompt.text == ""
         conv = chat.conversation

@@ -131,6 +131,8 @@ class AssistantMessage(MessageView):
         self._timer: Timer | None = None
         self.shown_chars = 0
         """Characters written to the Markdown so far (for tests and benchmarks)."""
+        self.full_updates = 0
+        """How many times the whole reply was re-rendered at its end (0 when streaming sufficed)."""
 
     def compose(self) -> ComposeResult:
         yield Static(self.ROLE_LABEL, classes="role")
@@ -181,17 +183,40 @@ class AssistantMessage(MessageView):
             self._timer.stop()
             self._timer = None
         await self._flush()
+        streamed = self._stream is not None
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
+            async with self.markdown.lock:  # an append still running lands first
+                pass
         self.data.content = text
         self.data.metrics = metrics
         self.data.state = state
         self.remove_class("-streaming")
         self.set_class(state != "done", f"-{state}")
-        await self.markdown.update(text)
+        if not (streamed and self.stream_is_faithful(text)):
+            self.full_updates += 1
+            await self.markdown.update(text)
         self.shown_chars = len(text)
         self.set_meta(reply_meta(metrics, state))
+
+    def stream_is_faithful(self, text: str) -> bool:
+        """Whether the streamed blocks already show `text` exactly: same source, and every
+        code block with its whole body (textual#6518). Then the final re-render is skipped,
+        which keeps the end of a long reply instant."""
+        markdown = self.markdown
+        if markdown.source != text:
+            return False
+        fences = [getattr(f, "code", None) for f in markdown.query("MarkdownFence")]
+        expected = code_blocks(text)
+        if "```" in text or "~~~" in text or fences:
+            if len(fences) != len(expected):
+                return False
+            return all(
+                (shown or "").rstrip("\n") == body.rstrip("\n")
+                for shown, body in zip(fences, expected, strict=True)
+            )
+        return True
 
 
 def make_view(data: MessageData) -> MessageView:
