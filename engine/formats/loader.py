@@ -123,14 +123,27 @@ def load_hf(
     if not files:
         raise ModelLoadError(f"model folder holds no {fmt} weights: {folder}")
     weights: dict[str, np.ndarray] = {}
+    stored: dict[str, int] = {}  # elements per stored dtype, before any cast
+    want = np.dtype(dtype) if dtype is not None else None
     for i, file in enumerate(files):
         span = (i / len(files), (i + 1) / len(files))
-        for name, arr in _iter_file(file, fmt, dtype, progress, span):
+        if fmt == "safetensors":
+            from engine.formats.safetensors_io import read_header
+
+            for key, info in read_header(file)[0].items():
+                if key != "__metadata__":
+                    size = int(np.prod([int(d) for d in info["shape"]]))
+                    stored[str(info["dtype"])] = stored.get(str(info["dtype"]), 0) + size
+        for name, arr in _iter_file(file, fmt, None, progress, span):
+            if fmt != "safetensors":
+                stored[arr.dtype.name] = stored.get(arr.dtype.name, 0) + int(arr.size)
+            if want is not None and arr.dtype.kind == "f" and arr.dtype != want:
+                arr = arr.astype(want)
             weights[name] = arr
     weights = normalize_names(weights, str(model_type))
     tok_path = folder / "tokenizer.json"
     tokenizer = load_tokenizer_json(tok_path) if tok_path.is_file() else None
-    quant = _dtype_name(weights)
+    quant = _quant_name(stored)
     return LoadedModel(
         config=config,
         weights=weights,
@@ -179,10 +192,8 @@ def normalize_names(weights: dict[str, np.ndarray], model_type: str) -> dict[str
     return out
 
 
-def _dtype_name(weights: dict[str, np.ndarray]) -> str:
-    counts: dict[str, int] = {}
-    for arr in weights.values():
-        counts[arr.dtype.name] = counts.get(arr.dtype.name, 0) + int(arr.size)
+def _quant_name(counts: dict[str, int]) -> str:
+    """The dtype holding most elements, as "F32", "F16", "BF16", ..."""
     if not counts:
         return "unknown"
     name = max(counts, key=counts.__getitem__)

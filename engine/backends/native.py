@@ -1,0 +1,175 @@
+"""Lampchat's own numpy engine: GGUF (dequantized), safetensors and PyTorch checkpoints."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.backends.base import Backend, ProgressCallback
+from engine.chat_template import ChatTemplate
+from engine.errors import LampchatError, ModelLoadError
+from engine.formats.detect import detect_format
+from engine.native import build_model
+from engine.native.generator import Generator
+from engine.native.opencl import ops_for_device
+from engine.sampling import Sampler
+from engine.textstream import StopMatcher
+from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+log = logging.getLogger(__name__)
+
+NATIVE_FORMATS = ("gguf", "safetensors", "pytorch")
+"""Formats whose weights the native engine reads (GGUF is dequantized to float32)."""
+
+_LOAD_SHARE = 0.8
+"""Share of the load progress bar spent reading weights (the rest: fusing them)."""
+
+
+def _file_size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+class NativeBackend(Backend):
+    """Runs LLaMA-family and GPT-2 models with numpy, one model and one KV cache at a time."""
+
+    name = "native"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._generator: Generator | None = None
+        self._tokenizer: Any = None
+        self._template: ChatTemplate | None = None
+        self._eos_ids: frozenset[int] = frozenset()
+        self._bos_id: int | None = None
+
+    def load(
+        self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
+    ) -> ModelInfo:
+        """Read the checkpoint, fuse its weights for fast decoding and allocate the KV cache."""
+        report = progress or (lambda _f, _w: None)
+        path = Path(model).expanduser()
+        fmt = detect_format(path).format
+        if fmt not in NATIVE_FORMATS:
+            raise ModelLoadError(
+                "the native backend reads GGUF, safetensors and PyTorch checkpoints; "
+                f"{path} is {fmt}"
+            )
+        ops = ops_for_device(settings.device, settings.options)  # numpy, or OpenCL
+        from engine.formats.loader import load_model
+
+        started = time.perf_counter()
+        report(0.0, "reading weights")
+        loaded = load_model(
+            path, progress=lambda f, what: report(_LOAD_SHARE * f, f"reading {what}"),
+            dtype=np.float32,
+        )
+        if loaded.tokenizer is None:
+            raise ModelLoadError(f"the model has no tokenizer (tokenizer.json): {path}")
+        net = build_model(
+            loaded.config, loaded.weights, ops=ops,
+            progress=lambda f: report(_LOAD_SHARE + (1 - _LOAD_SHARE) * f, "preparing weights"),
+        )
+        loaded.weights.clear()  # whatever the model did not take
+        n_ctx = min(settings.n_ctx or net.max_positions, net.max_positions)
+        self._generator = Generator(net, n_ctx)
+        self._tokenizer = loaded.tokenizer
+        self._template = loaded.template
+        eos = set(loaded.eos_token_ids)
+        if not eos and loaded.template.eos_token:
+            eos_id = loaded.tokenizer.token_to_id(loaded.template.eos_token)
+            eos |= {eos_id} if eos_id is not None else set()
+        self._eos_ids = frozenset(eos)
+        self._bos_id = None
+        if loaded.metadata.get("tokenizer.ggml.add_bos_token") and loaded.template.bos_token:
+            self._bos_id = loaded.tokenizer.token_to_id(loaded.template.bos_token)
+        quant = loaded.quantization
+        self.settings = settings
+        self.info = ModelInfo(
+            name=str(loaded.metadata.get("general.name") or (path.name if path.is_dir()
+                                                             else path.stem)),
+            path=str(path),
+            backend=self.name,
+            device=ops.device,
+            format=loaded.format,
+            quantization=quant if quant in ("F32", "unknown") else f"{quant} (run as F32)",
+            n_params=net.n_params,
+            context_length=n_ctx,
+            file_size=_file_size(path),
+            chat_template_source=loaded.template.source,
+        )
+        del loaded
+        gc.collect()
+        log.info("native: loaded %s (%s, %d params) in %.1fs", path, net.arch, net.n_params,
+                 time.perf_counter() - started)
+        report(1.0, "ready")
+        return self.info
+
+    def unload(self) -> None:
+        """Drop the model, its KV cache and tokenizer."""
+        self._generator = None
+        self._tokenizer = None
+        self._template = None
+        self.info = None
+        gc.collect()
+
+    def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt tokens for `messages`, rendered with the model's chat template."""
+        if self._template is None or self._tokenizer is None:
+            raise LampchatError("no model is loaded")
+        prompt = self._template.render(messages)
+        ids = list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
+        if self._bos_id is not None and not prompt.startswith(self._template.bos_token):
+            ids.insert(0, self._bos_id)
+        return ids
+
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Prefill the prompt (reusing the cached prefix), then decode token by token."""
+        from tokenizers.decoders import DecodeStream
+
+        generator = self._generator
+        if generator is None:
+            raise LampchatError("no model is loaded")
+        tokens = self.tokenize_prompt(messages)
+        n_ctx = generator.n_ctx
+        if len(tokens) >= n_ctx:
+            raise LampchatError(
+                f"the conversation is {len(tokens)} tokens, more than the context of {n_ctx}; "
+                "start a new conversation or raise the context length"
+            )
+        stats.prompt_tokens = len(tokens)
+        decoder = DecodeStream(skip_special_tokens=True)
+        stops = StopMatcher(sampling.stop)
+        pending = 0
+        hit = False
+        new_tokens = generator.generate(
+            tokens, Sampler(sampling), min(sampling.max_tokens, n_ctx - len(tokens)),
+            self._eos_ids, self._cancel.is_set,
+        )
+        try:
+            for token in new_tokens:
+                pending += 1
+                text = decoder.step(self._tokenizer, token)
+                if not text:
+                    continue
+                out, hit = stops.feed(text)
+                if out:
+                    yield Piece(out, pending)
+                    pending = 0
+                if hit:
+                    break
+        finally:
+            new_tokens.close()
+        stats.finish_reason = "stop" if hit else (generator.finish_reason or "stop")
+        tail = "" if hit else stops.flush()
+        if tail or pending:
+            yield Piece(tail, pending)

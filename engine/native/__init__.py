@@ -1,0 +1,37 @@
+"""Lampchat's own numpy inference engine: LLaMA-family and GPT-2 transformers with a KV cache.
+
+`build_model` picks the architecture from an HF `config.json` dict; `Generator` runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.errors import ModelLoadError
+from engine.native.base import BuildProgress, NativeModel, Weights
+from engine.native.ops import NumpyOps
+
+ARCHITECTURES = ("llama", "gpt2")
+"""The `model_type` values the native engine runs."""
+
+
+def build_model(
+    config: dict[str, Any],
+    weights: Weights,
+    ops: NumpyOps | None = None,
+    progress: BuildProgress | None = None,
+) -> NativeModel:
+    """Build the model `config["model_type"]` describes, taking (popping) its `weights`."""
+    model_type = str(config.get("model_type", "")).lower()
+    if model_type == "llama":
+        from engine.native.llama import LlamaModel
+
+        return LlamaModel(config, weights, ops, progress)
+    if model_type == "gpt2":
+        from engine.native.gpt2 import GPT2Model
+
+        return GPT2Model(config, weights, ops, progress)
+    raise ModelLoadError(
+        f"the native backend does not run {model_type or 'this'!r} models "
+        f"(it runs: {', '.join(ARCHITECTURES)})"
+    )

@@ -1,0 +1,237 @@
+"""The LLaMA family: RMSNorm, RoPE, grouped-query attention, SwiGLU, optionally tied embeddings.
+
+Weights use the HF names (`model.layers.N.self_attn.q_proj.weight`, ...). At load q/k/v are
+fused into one `(q + 2 kv, d)` matrix and gate/up into one `(2 ffn, d)` matrix, so that a
+decode step runs four matrix products per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelLoadError
+from engine.native.base import (
+    BuildProgress,
+    NativeModel,
+    Weights,
+    config_int,
+    count_params,
+    fuse,
+    take,
+    take_optional,
+)
+from engine.native.kv_cache import KVCache
+from engine.native.ops import NumpyOps, rope_tables
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The hyperparameters the forward pass needs, read from an HF `config.json` dict."""
+
+    vocab_size: int
+    hidden_size: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict[str, Any] | None
+    max_positions: int
+    tie_word_embeddings: bool
+    attention_bias: bool
+    mlp_bias: bool
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
+        """Read a LLaMA config; raise ModelLoadError for missing or inconsistent values."""
+        hidden = config_int(config, "hidden_size")
+        n_heads = config_int(config, "num_attention_heads")
+        n_kv = config_int(config, "num_key_value_heads", default=n_heads)
+        if n_heads % n_kv:
+            raise ModelLoadError(f"{n_heads} attention heads do not group into {n_kv} kv heads")
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or None
+        theta = config.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
+        if rope and rope.get("rope_type", rope.get("type", "default")) == "default":
+            rope = None
+        return cls(
+            vocab_size=config_int(config, "vocab_size"),
+            hidden_size=hidden,
+            n_layers=config_int(config, "num_hidden_layers"),
+            n_heads=n_heads,
+            n_kv_heads=n_kv,
+            head_dim=config_int(config, "head_dim", default=hidden // n_heads),
+            intermediate_size=config_int(config, "intermediate_size"),
+            rms_norm_eps=float(config.get("rms_norm_eps") or 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=rope,
+            max_positions=config_int(config, "max_position_embeddings", default=4096),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            attention_bias=bool(config.get("attention_bias", False)),
+            mlp_bias=bool(config.get("mlp_bias", False)),
+        )
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies for RoPE, with "linear" or "llama3" scaling when configured."""
+    hd = cfg.head_dim
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    scaling = cfg.rope_scaling
+    if not scaling:
+        return inv
+    kind = scaling.get("rope_type", scaling.get("type"))
+    factor = float(scaling.get("factor", 1.0))
+    if kind == "linear":
+        return inv / factor
+    if kind == "llama3":
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        original = float(scaling.get("original_max_position_embeddings", 8192))
+        wavelen = 2 * math.pi / inv
+        smooth = (original / wavelen - low) / (high - low)
+        scaled = np.where(wavelen > original / low, inv / factor, inv)
+        medium = (wavelen <= original / low) & (wavelen >= original / high)
+        return np.where(medium, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    raise ModelLoadError(f"RoPE scaling {kind!r} is not supported by the native backend")
+
+
+def _biases(
+    weights: Weights, prefix: str, names: tuple[str, ...], sizes: tuple[int, ...]
+) -> np.ndarray:
+    """The biases of `prefix{name}_proj` concatenated (zeros for any the checkpoint lacks)."""
+    parts = [take_optional(weights, f"{prefix}{name}_proj.bias", (size,))
+             for name, size in zip(names, sizes, strict=True)]
+    return np.concatenate([b if b is not None else np.zeros(size, np.float32)
+                           for b, size in zip(parts, sizes, strict=True)])
+
+
+@dataclass
+class LlamaLayer:
+    """One decoder layer's weights, fused and in the ops object's representation."""
+
+    attn_norm: Any
+    wqkv: Any
+    bqkv: Any
+    wo: Any
+    bo: Any
+    mlp_norm: Any
+    w_gate_up: Any
+    b_gate_up: Any
+    w_down: Any
+    b_down: Any
+
+
+class LlamaModel(NativeModel):
+    """A LLaMA-family decoder built from HF-named weights."""
+
+    arch = "llama"
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        weights: Weights,
+        ops: NumpyOps | None = None,
+        progress: BuildProgress | None = None,
+    ) -> None:
+        super().__init__(ops)
+        cfg = self.cfg = LlamaConfig.from_hf(config)
+        ops = self.ops
+        d, hd = cfg.hidden_size, cfg.head_dim
+        q_dim, kv_dim = cfg.n_heads * hd, cfg.n_kv_heads * hd
+        self.vocab_size, self.n_layers = cfg.vocab_size, cfg.n_layers
+        self.n_kv_heads, self.head_dim = cfg.n_kv_heads, hd
+        self.max_positions = cfg.max_positions
+        self.scale = 1.0 / math.sqrt(hd)
+        embed = take(weights, "model.embed_tokens.weight", (cfg.vocab_size, d))
+        n_params = embed.size
+        self.layers: list[LlamaLayer] = []
+        for i in range(cfg.n_layers):
+            p = f"model.layers.{i}."
+            attn = p + "self_attn."
+            wqkv = fuse(weights, [attn + "q_proj.weight", attn + "k_proj.weight",
+                                  attn + "v_proj.weight"], [(q_dim, d), (kv_dim, d), (kv_dim, d)])
+            f = cfg.intermediate_size
+            w_gate_up = fuse(weights, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
+                             [(f, d), (f, d)])
+            bqkv = bo = b_gate_up = b_down = None
+            if cfg.attention_bias:
+                bqkv = _biases(weights, p + "self_attn.", ("q", "k", "v"), (q_dim, kv_dim, kv_dim))
+                bo = _biases(weights, p + "self_attn.", ("o",), (d,))
+            if cfg.mlp_bias:
+                b_gate_up = _biases(weights, p + "mlp.", ("gate", "up"), (f, f))
+                b_down = _biases(weights, p + "mlp.", ("down",), (d,))
+            parts = {
+                "attn_norm": take(weights, p + "input_layernorm.weight", (d,)),
+                "wqkv": wqkv,
+                "bqkv": bqkv,
+                "wo": take(weights, p + "self_attn.o_proj.weight", (d, q_dim)),
+                "bo": bo,
+                "mlp_norm": take(weights, p + "post_attention_layernorm.weight", (d,)),
+                "w_gate_up": w_gate_up,
+                "b_gate_up": b_gate_up,
+                "w_down": take(weights, p + "mlp.down_proj.weight", (d, cfg.intermediate_size)),
+                "b_down": b_down,
+            }
+            n_params += count_params(*parts.values())
+            self.layers.append(
+                LlamaLayer(**{k: None if w is None else ops.prepare(w) for k, w in parts.items()})
+            )
+            if progress:
+                progress((i + 1) / (cfg.n_layers + 1))
+        self.embed = embed
+        self.norm = ops.prepare(take(weights, "model.norm.weight", (d,)))
+        if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
+            weights.pop("lm_head.weight", None)
+            lm_head = embed
+        else:
+            lm_head = take(weights, "lm_head.weight", (cfg.vocab_size, d))
+            n_params += lm_head.size
+        self.lm_head = ops.prepare(lm_head)
+        self.n_params = int(n_params + d)
+        self.cos, self.sin = rope_tables(hd, cfg.max_positions, cfg.rope_theta, rope_inv_freq(cfg))
+        if progress:
+            progress(1.0)
+
+    def forward(
+        self, tokens: np.ndarray, cache: KVCache, start: int, all_logits: bool = False
+    ) -> np.ndarray:
+        """See `NativeModel.forward`."""
+        ops, cfg = self.ops, self.cfg
+        t = len(tokens)
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        x = ops.embed(self.embed, tokens)
+        for i, layer in enumerate(self.layers):
+            x = self._block(x, layer, cache, i, start, cos, sin)
+        if not all_logits:
+            x = x[-1:]
+        logits = ops.fetch(ops.linear(ops.rms_norm(x, self.norm, cfg.rms_norm_eps), self.lm_head))
+        return logits if all_logits else logits[0]
+
+    def _block(
+        self,
+        x: Any,
+        layer: LlamaLayer,
+        cache: KVCache,
+        i: int,
+        start: int,
+        cos: np.ndarray,
+        sin: np.ndarray,
+    ) -> Any:
+        ops, cfg = self.ops, self.cfg
+        t, hd = x.shape[0], cfg.head_dim
+        n_q, n_kv = cfg.n_heads, cfg.n_kv_heads
+        h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+        qkv = ops.linear(h, layer.wqkv, layer.bqkv)
+        qk = ops.apply_rope(qkv[:, : (n_q + n_kv) * hd].reshape(t, n_q + n_kv, hd), cos, sin)
+        values = qkv[:, (n_q + n_kv) * hd :].reshape(t, n_kv, hd)
+        ops.store_kv(cache, i, start, qk[:, n_q:], values)
+        attn = ops.attention(qk[:, :n_q], cache, i, start, self.scale)
+        x = x + ops.linear(attn, layer.wo, layer.bo)
+        h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+        hidden = ops.swiglu(ops.linear(h, layer.w_gate_up, layer.b_gate_up))
+        return x + ops.linear(hidden, layer.w_down, layer.b_down)
