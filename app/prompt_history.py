@@ -88,10 +88,16 @@ class PromptHistory:
                                 f"{exc.strerror or exc}") from None
 
     def _compact(self) -> None:
+        """Rewrite the file with its newest `max_entries` prompts plus the new one. Read from
+        disk, not memory, so prompts appended by another Lampchat meanwhile are kept."""
         assert self._items is not None
-        lines = "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self._items)
-        atomic_write_text(self.path, lines)
-        self._lines_on_disk = len(self._items)
+        on_disk = self._read()
+        if not on_disk or on_disk[-1] != self._items[-1]:
+            on_disk.append(self._items[-1])
+        keep = on_disk[-self.max_entries:]
+        atomic_write_text(self.path, "".join(json.dumps(item, ensure_ascii=False) + "\n"
+                                             for item in keep))
+        self._lines_on_disk = len(keep)
 
 
 def open_prompt_history(config: Config) -> PromptHistory:

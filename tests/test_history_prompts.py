@@ -65,3 +65,14 @@ def test_from_config(tmp_path: Path) -> None:
     assert history.path == tmp_path / "recall" and history.max_entries == 3
     default = open_prompt_history(load_config(tmp_path / "d.toml", env={}))
     assert default.path.name == "prompt_history" and default.max_entries == 1000
+
+
+def test_two_sessions_share_the_file(tmp_path: Path) -> None:
+    """Two Lampchats appending to one file: compaction keeps the other one's prompts."""
+    path = tmp_path / "h"
+    first, second = PromptHistory(path, 4), PromptHistory(path, 4)
+    for i in range(6):
+        first.add(f"a{i}")
+        second.add(f"b{i}")
+    assert PromptHistory(path, 4).items() == ["a4", "b4", "a5", "b5"]
+    assert first.items()[-1] == "a5" and second.items()[-1] == "b5"
