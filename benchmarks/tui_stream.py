@@ -125,8 +125,8 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
 
     def update(self: Markdown, markdown: str) -> Any:
         view = record.view
-        if view is not None and self is view.markdown:  # the last one is the final update
-            record.streamed_source = self.source
+        if view is not None and self is view.markdown and markdown == record.reply:
+            record.streamed_source = self.source  # the final full re-render, if any
         return original_update(self, markdown)
 
     def start_stream(self: AssistantMessage) -> None:
@@ -217,8 +217,11 @@ async def run(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, Any]
             )
             out["frames_while_streaming"] = sum(1 for t in record.frames
                                                 if times[0] <= t <= last_token)
-            out["streamed_all"] = record.streamed_source == reply
-            out["streamed_chars"] = len(record.streamed_source or "")
+            streamed = record.streamed_source
+            if streamed is None:  # no final re-render: what is shown is what was streamed
+                streamed = view.markdown.source
+            out["streamed_all"] = streamed == reply
+            out["full_updates"] = getattr(view, "full_updates", None)
             out["final_source_ok"] = view.markdown.source == reply
             out["scrolled_to_end"] = chat.chat_log.is_vertical_scroll_end
             shown = rendered_blocks(view.markdown)
@@ -246,7 +249,8 @@ def report(out: dict[str, Any]) -> bool:
     print(f"  every token shown: streamed source == reply: {out['streamed_all']}, final source "
           f"== reply: {out['final_source_ok']}, rendered blocks == one-shot render "
           f"({out['blocks']} widgets): {out['rendered_same']}, scrolled to end: "
-          f"{out['scrolled_to_end']}  [{verdict[shown_ok]}]")
+          f"{out['scrolled_to_end']}, final full re-renders: {out['full_updates']}  "
+          f"[{verdict[shown_ok]}]")
     print(f"  whole reply on screen {out['latency_ms']:.1f} ms after the last token "
           f"(target <= {LATENCY_TARGET_MS:.0f} ms)  [{verdict[latency_ok]}]")
     if complete is not None:

@@ -116,8 +116,12 @@ class TmuxTerminal:
             time.sleep(POLL_S)
 
     def kill_server(self) -> None:
-        """Stop the tmux server (and the program in it). Safe to call twice."""
+        """Stop the tmux server (and the program in it) and remove its socket. Safe twice."""
+        found = self._tmux("display-message", "-p", "#{socket_path}", check=False)
         self._tmux("kill-server", check=False)
+        socket_path = found.stdout.strip() if found.returncode == 0 else ""
+        if socket_path and Path(socket_path).name == self.socket:
+            Path(socket_path).unlink(missing_ok=True)
 
     def send_keys(self, *keys: str) -> None:
         """Send tmux key names (Enter, Escape, F2, C-q, Up, ...)."""

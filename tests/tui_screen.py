@@ -27,6 +27,23 @@ class Reply:
     meta: str
 
 
+def without_side_panel(screen: str) -> str:
+    """`screen` with the metrics panel (a column right of a "│" border) cut off."""
+    lines = screen.splitlines()
+    columns: dict[int, int] = {}
+    for line in lines:
+        index = line.find("│", 40)
+        if index >= 0:
+            columns[index] = columns.get(index, 0) + 1
+    if not columns:
+        return screen
+    column, count = max(columns.items(), key=lambda item: item[1])
+    if count < len(lines) // 2:
+        return screen
+    return "\n".join(line[:column] if line[column:column + 1] == "│" else line
+                     for line in lines)
+
+
 def _clean(line: str) -> str:
     cut = line.find("▌", _TOAST_FROM)
     if cut >= 0:
@@ -50,7 +67,7 @@ def assistant_replies(screen: str) -> list[Reply]:
             meta = lines[-1] if lines else ""
             replies.append(Reply("\n".join(lines[:-1]), meta))
 
-    for raw in screen.splitlines():
+    for raw in without_side_panel(screen).splitlines():
         text = _clean(raw)
         if text in ("Assistant", "You") and _is_message_line(raw):
             close()
