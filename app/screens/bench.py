@@ -90,7 +90,8 @@ class BenchScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="bench-body"):
-            yield Static(f"Bench report {self.path}".strip(), classes="title", markup=False)
+            name = Path(self.path).name if self.path else ""
+            yield Static(f"Bench report {name}".strip(), classes="title", markup=False)
             yield Static(host_line(self.report), classes="caption", markup=False)
             for index, (title, bars) in enumerate(charts(self.report)):
                 yield BarChart(title, bars, id=f"chart-{index}")

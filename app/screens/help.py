@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Static
 
 INPUT_KEYS: list[tuple[str, str]] = [
     ("Enter", "send the message"),
@@ -19,26 +20,46 @@ INPUT_KEYS: list[tuple[str, str]] = [
 ]
 
 
+KEY_NAMES = {"question_mark": "?", "escape": "Esc", "delete": "Del", "up": "Up",
+             "down": "Down", "left": "Left", "right": "Right", "enter": "Enter", "tab": "Tab"}
+
+
 def key_label(key: str) -> str:
-    """'ctrl+r' -> 'Ctrl+R', 'f1' -> 'F1'."""
-    names = {"question_mark": "?", "escape": "Esc", "delete": "Del"}
+    """'ctrl+r' -> 'Ctrl+R', 'f1' -> 'F1', 'ctrl+up' -> 'Ctrl+Up'."""
     parts = []
     for part in key.split("+"):
-        parts.append(names.get(part, part.upper() if len(part) <= 3 else part.capitalize()))
+        if part in KEY_NAMES:
+            parts.append(KEY_NAMES[part])
+        elif len(part) == 1 or (part[0] == "f" and part[1:].isdigit()):
+            parts.append(part.upper())
+        else:
+            parts.append(part.capitalize())
     return "+".join(parts)
 
 
-def bindings_table(bindings: Iterable[Binding]) -> str:
-    """A Markdown table of bindings (first key of each action, one row per action)."""
-    rows = ["| Key | Action |", "|---|---|"]
+def binding_rows(bindings: Iterable[Binding]) -> list[tuple[str, str]]:
+    """(keys, description) per action, first binding of each action."""
+    rows: list[tuple[str, str]] = []
     seen: set[str] = set()
     for binding in bindings:
         if binding.action in seen or not binding.description:
             continue
         seen.add(binding.action)
         keys = " / ".join(key_label(k.strip()) for k in binding.key.split(","))
-        rows.append(f"| {keys} | {binding.description} |")
-    return "\n".join(rows)
+        rows.append((keys, binding.description))
+    return rows
+
+
+def section(title: str, rows: list[tuple[str, str]]) -> Text:
+    """A heading, then aligned 'key  what' rows."""
+    width = max((len(k) for k, _ in rows), default=0) + 3
+    text = Text()
+    text.append(title + "\n", style="bold underline")
+    for key, what in rows:
+        text.append(f"  {key.ljust(width)}", style="bold")
+        text.append(what + "\n")
+    text.rstrip()
+    return text
 
 
 class HelpScreen(ModalScreen[None]):
@@ -51,28 +72,24 @@ class HelpScreen(ModalScreen[None]):
         self.bindings_list = bindings
         self.slash_help = slash_help
 
-    def document(self) -> str:
-        """The help text, as Markdown."""
-        parts = [
-            "# Lampchat help",
-            "## Keys",
-            bindings_table(self.bindings_list),
-            "## In the message input",
-            "| Key | Action |\n|---|---|\n"
-            + "\n".join(f"| {k} | {v} |" for k, v in INPUT_KEYS),
-        ]
+    def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """(title, rows) of the help text."""
+        out = [("Keys", binding_rows(self.bindings_list)),
+               ("In the message input", list(INPUT_KEYS))]
         if self.slash_help:
-            parts.append("## Slash commands (type them in the input)")
-            parts.append(
-                "| Command | What it does |\n|---|---|\n"
-                + "\n".join(f"| `{c}` | {h} |" for c, h in self.slash_help)
-            )
-        parts.append("Esc, F1 or q closes this screen.")
-        return "\n\n".join(parts)
+            out.append(("Slash commands (type them in the input)", list(self.slash_help)))
+        return out
+
+    def document(self) -> str:
+        """The help text, as plain text."""
+        return "\n".join(section(title, rows).plain for title, rows in self.sections())
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-body"):
-            yield Markdown(self.document())
+            yield Static("Lampchat help", classes="help-title")
+            for title, rows in self.sections():
+                yield Static(section(title, rows), classes="help-section")
+            yield Static("Esc, F1 or q closes this screen.", classes="help-hint")
 
     def action_close(self) -> None:
         self.dismiss(None)
