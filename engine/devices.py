@@ -743,6 +743,8 @@ def _onnx_support(found: _Devices) -> BackendSupport:
 
 def how_to_get(backend: str, kind: str) -> str | None:
     """What to install for `backend` to use device kind `kind`, or None if nothing would."""
+    if kind == "metal" and not (platform.system() == "Darwin" and platform.machine() == "arm64"):
+        return "Metal needs macOS on Apple silicon"
     if backend == "llama.cpp" and kind in _LLAMA_CMAKE:
         return f"reinstall with CMAKE_ARGS={_LLAMA_CMAKE[kind]}"
     if backend == "mlx" and kind == "cuda":

@@ -53,9 +53,14 @@ def test_backends(monkeypatch):
 
 def _with_fake_cuda(*backends: str) -> devices.DeviceReport:
     """The real report plus one CUDA GPU usable by `backends` (as on a machine with one)."""
+    return _with_fake_gpu("cuda", *backends)
+
+
+def _with_fake_gpu(kind: str, *backends: str) -> devices.DeviceReport:
+    """The real report plus one `kind` GPU usable by `backends` (as on a machine with one)."""
     report = copy.deepcopy(devices.detect())
     report.devices.insert(1, devices.Device(
-        id="cuda:0", kind="cuda", index=0, name="Simulated GPU", gpu=True,
+        id=f"{kind}:0", kind=kind, index=0, name="Simulated GPU", gpu=True,
         total_memory=8 << 30, free_memory=8 << 30, backends=list(backends), sources=["test"],
     ))
     for name in backends:
@@ -64,7 +69,7 @@ def _with_fake_cuda(*backends: str) -> devices.DeviceReport:
             support = devices.BackendSupport(name, installed=True, kinds=["cpu"])
             report.backends.append(support)
             report.devices[0].backends.append(name)
-        support.kinds = [*support.kinds, "cuda"]
+        support.kinds = [*support.kinds, kind]
     return report
 
 
@@ -136,6 +141,29 @@ async def test_gpu_unavailable_in_the_build_falls_back_to_cpu(default_gguf, monk
         assert (await _reply(worker)).strip()
     finally:
         await worker.close()
+
+
+async def test_metal_missing_from_the_build_falls_back_to_cpu(default_gguf, monkeypatch):
+    # as on a Mac whose llama-cpp-python was built without Metal: the real build says no
+    monkeypatch.setattr(selection, "detect", _fake_detect(_with_fake_gpu("metal", "llama.cpp")))
+    assert plan_load(str(default_gguf))[0] == Candidate("llama.cpp", "metal")
+    worker = EngineWorker()
+    try:
+        info = await worker.load(str(default_gguf), "auto", LoadSettings(n_ctx=512))
+        assert (info.backend, info.device) == ("llama.cpp", "cpu")
+        assert worker.fallback_note == (
+            "llama.cpp on metal: Metal is not available in this llama.cpp build "
+            "(CPU-only; reinstall with CMAKE_ARGS=-DGGML_METAL=on) -> llama.cpp on cpu")
+    finally:
+        await worker.close()
+
+
+def test_forced_metal_off_apple_silicon_says_so(default_gguf):
+    if sys.platform == "darwin":
+        pytest.skip("this machine may have Metal")  # the message is for every other machine
+    with pytest.raises(DeviceUnavailableError) as err:
+        plan_load(str(default_gguf), device="metal")
+    assert "llama.cpp is a CPU-only build (Metal needs macOS on Apple silicon)" in str(err.value)
 
 
 async def test_out_of_memory_on_the_gpu_falls_back_to_cpu(default_gguf, monkeypatch,

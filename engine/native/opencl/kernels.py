@@ -64,10 +64,45 @@ __kernel void linear_rows(__global const float* x, int xoff, int xstride,
     if (lane == 0) y[(size_t)r * N + o] = acc + (has_bias ? bias[o] : 0.0f);
 }
 
+/* y[r, o] for a few rows on CPU devices: OB outputs of one row per work-item, lane-wise
+   float4 accumulators, no barriers (PoCL runs work-group barriers slowly). */
+__kernel void linear_vec(__global const float* x, int xoff, int xstride,
+                         __global const wtype* W, __global const float* bias, int has_bias,
+                         __global float* y, int K, int N) {
+    int o0 = get_global_id(0) * 4;
+    int r = get_global_id(1);
+    if (o0 >= N) return;
+    const __global float* xr = x + xoff + (size_t)r * xstride;
+    const __global wtype* wr[4];
+    for (int j = 0; j < 4; ++j) wr[j] = W + (size_t)min(o0 + j, N - 1) * K;
+    float4 acc[4];
+    for (int j = 0; j < 4; ++j) acc[j] = (float4)(0.0f);
+    int k4 = K & ~3;
+    for (int k0 = 0; k0 < k4; k0 += 64) {
+        int kend = min(k0 + 64, k4);
+        float4 part[4];
+        for (int j = 0; j < 4; ++j) part[j] = (float4)(0.0f);
+        for (int k = k0; k < kend; k += 4) {
+            float4 a = vload4(0, xr + k);
+            for (int j = 0; j < 4; ++j) part[j] += a * LOADW4(wr[j], k);
+        }
+        for (int j = 0; j < 4; ++j) acc[j] += part[j];
+    }
+    for (int j = 0; j < 4; ++j) {
+        int o = o0 + j;
+        if (o >= N) break;
+        float4 s = acc[j];
+        float sum = (s.x + s.y) + (s.z + s.w);
+        for (int k = k4; k < K; ++k) sum += xr[k] * LOADW(wr[j], k);
+        y[(size_t)r * N + o] = sum + (has_bias ? bias[o] : 0.0f);
+    }
+}
+
 /* The same product for many rows, RB rows x OB outputs per work-item in registers (no local
-   memory: fast on CPU devices such as PoCL, fair on GPUs). Partial sums over CH elements keep
-   the rounding error near that of a pairwise sum. Rows/outputs past the end are clamped on
-   read and skipped on write. */
+   memory: fast on CPU devices such as PoCL, fair on GPUs). Lane-wise float4 accumulators
+   (summed across lanes at the end) vectorise well; partial sums over CH elements keep the
+   rounding error near that of a pairwise sum. Rows/outputs past the end are clamped on read
+   and skipped on write. */
 #define RB 4
 #define OB 4
 #define CH 64
@@ -81,34 +116,35 @@ __kernel void linear_block(__global const float* x, int xoff, int xstride,
     const __global wtype* wr[OB];
     for (int i = 0; i < RB; ++i) xr[i] = x + xoff + (size_t)min(r0 + i, T - 1) * xstride;
     for (int j = 0; j < OB; ++j) wr[j] = W + (size_t)min(o0 + j, N - 1) * K;
-    float acc[RB][OB];
+    float4 acc[RB][OB];
     for (int i = 0; i < RB; ++i)
-        for (int j = 0; j < OB; ++j) acc[i][j] = 0.0f;
+        for (int j = 0; j < OB; ++j) acc[i][j] = (float4)(0.0f);
     int k4 = K & ~3;
     for (int k0 = 0; k0 < k4; k0 += CH) {
         int kend = min(k0 + CH, k4);
-        float part[RB][OB];
+        float4 part[RB][OB];
         for (int i = 0; i < RB; ++i)
-            for (int j = 0; j < OB; ++j) part[i][j] = 0.0f;
+            for (int j = 0; j < OB; ++j) part[i][j] = (float4)(0.0f);
         for (int k = k0; k < kend; k += 4) {
             float4 a[RB], b[OB];
             for (int i = 0; i < RB; ++i) a[i] = vload4(0, xr[i] + k);
             for (int j = 0; j < OB; ++j) b[j] = LOADW4(wr[j], k);
             for (int i = 0; i < RB; ++i)
-                for (int j = 0; j < OB; ++j) part[i][j] += dot(a[i], b[j]);
+                for (int j = 0; j < OB; ++j) part[i][j] += a[i] * b[j];
         }
         for (int i = 0; i < RB; ++i)
             for (int j = 0; j < OB; ++j) acc[i][j] += part[i][j];
     }
-    for (int k = k4; k < K; ++k)
-        for (int i = 0; i < RB; ++i)
-            for (int j = 0; j < OB; ++j) acc[i][j] += xr[i][k] * LOADW(wr[j], k);
     for (int i = 0; i < RB; ++i) {
         int r = r0 + i;
         if (r >= T) break;
         for (int j = 0; j < OB; ++j) {
             int o = o0 + j;
-            if (o < N) y[(size_t)r * N + o] = acc[i][j] + (has_bias ? bias[o] : 0.0f);
+            if (o >= N) break;
+            float4 s = acc[i][j];
+            float sum = (s.x + s.y) + (s.z + s.w);
+            for (int k = k4; k < K; ++k) sum += xr[i][k] * LOADW(wr[j], k);
+            y[(size_t)r * N + o] = sum + (has_bias ? bias[o] : 0.0f);
         }
     }
 }

@@ -32,6 +32,7 @@ _SCALARS: dict[str, list[Any]] = {
     "linear_rows": [None, _I, _I, None, None, _I, None, _I, _I],
     "linear_tiled": [None, _I, _I, None, None, _I, None, _I, _I, _I],
     "linear_block": [None, _I, _I, None, None, _I, None, _I, _I, _I],
+    "linear_vec": [None, _I, _I, None, None, _I, None, _I, _I],
     "rms_norm": [None, _I, _I, None, None, _I, _F],
     "layer_norm": [None, _I, _I, None, None, None, _I, _F],
     "add": [None, _I, _I, None, _I, _I, None, _I],
@@ -166,8 +167,9 @@ class OpenCLOps(NumpyOps):
         )
         self._ls = dev.group_size
         self.batched = "tiled" if dev.is_gpu else "block"
-        """Kernel for products of many rows: local-memory tiles on GPUs, register blocks on
-        CPU devices (PoCL), where barriers are costly."""
+        """Matrix-product kernels. "tiled": GPUs (work-group reductions for a few rows,
+        local-memory tiles for many). "block": CPU devices such as PoCL, where barriers are
+        costly (register-blocked, no local memory)."""
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -266,7 +268,10 @@ class OpenCLOps(NumpyOps):
         out = self._new(x.rows, (n,))
         bias_buf = bias.buf if bias is not None else weight.buf
         has_bias = 1 if bias is not None else 0
-        if x.rows <= _ROWS_MAX:
+        if x.rows <= _ROWS_MAX and self.batched == "block":
+            self._run("linear_vec", (-(-n // _BLOCK), x.rows), None, x.buf, x.off, x.stride,
+                      weight.buf, bias_buf, has_bias, out.buf, k, n)
+        elif x.rows <= _ROWS_MAX:
             ls = self._ls
             self._run("linear_rows", (n * ls, x.rows), (ls, 1), x.buf, x.off, x.stride,
                       weight.buf, bias_buf, has_bias, out.buf, k, n)
