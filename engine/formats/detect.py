@@ -200,7 +200,7 @@ def _detect_folder(p: Path) -> FormatInfo:
         return FormatInfo("safetensors", p, f"{len(files)} shards" if len(files) > 1 else "")
     from engine.formats.pytorch import pytorch_files
 
-    if pytorch_files(p):
+    if config and pytorch_files(p):  # loose checkpoints without a config are listed one by one
         return FormatInfo("pytorch", p)
     onnx = sorted(p.glob("*.onnx"))
     if onnx:
