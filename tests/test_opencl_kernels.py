@@ -173,6 +173,15 @@ def test_numbered_devices_and_clear_errors():
         ops_for_device("metal:0")
 
 
+def test_a_buffer_the_device_cannot_hold_is_one_clear_line(cl_ops):
+    too_big = int(cl_ops.dev.device.max_mem_alloc_size) * 2  # refused by the real driver
+    with pytest.raises(DeviceUnavailableError) as err:
+        cl_ops._buffer(cl_ops.cl.mem_flags.READ_WRITE, too_big, None, "the KV cache")
+    message = str(err.value)
+    assert message.startswith(f"{cl_ops.device} cannot hold the KV cache (")
+    assert "--device cpu" in message and "\n" not in message
+
+
 def test_missing_pyopencl_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyopencl", None)  # what an install without it sees
     with pytest.raises(DeviceUnavailableError) as err:

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
+from engine.errors import DeviceUnavailableError
 from engine.native.kv_cache import KVCache
 from engine.native.opencl.context import ClDevice, build_program
 from engine.native.ops import NumpyOps
 
 F32 = 4
+WEIGHTS_HINT = "LAMPCHAT_OPENCL_WEIGHTS=float16, "
 
 _ROWS_MAX = 4
 """Up to this many rows a linear layer runs as matrix-vector products, above it tiled."""
@@ -202,8 +204,20 @@ class OpenCLOps(NumpyOps):
         """A read-only device copy of `array` (float32, or float16 when `half`)."""
         host = np.ascontiguousarray(array, dtype=np.float16 if half else np.float32)
         mf = self.cl.mem_flags
-        buf = self.cl.Buffer(self.dev.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=host)
+        buf = self._buffer(mf.READ_ONLY | mf.COPY_HOST_PTR, host.nbytes, host, "the weights")
         return ClWeight(buf, tuple(array.shape), half)
+
+    def _buffer(self, flags: Any, nbytes: int, host: np.ndarray | None, what: str) -> Any:
+        """A device buffer; running out of device memory is a one-line DeviceUnavailableError."""
+        try:
+            return self.cl.Buffer(self.dev.context, flags, nbytes if host is None else 0,
+                                  hostbuf=host)
+        except self.cl.Error as exc:
+            raise DeviceUnavailableError(
+                f"{self.device} cannot hold {what} ({nbytes / 2**20:.0f} MB more after "
+                f"{self.weight_bytes / 2**20:.0f} MB of weights): {exc}; try "
+                f"{WEIGHTS_HINT}a smaller context, or --device cpu"
+            ) from exc
 
     def fetch(self, x: Any) -> np.ndarray:
         """Copy a device tensor to the host (waits for the queued work)."""
@@ -334,8 +348,8 @@ class OpenCLOps(NumpyOps):
             per_layer = n_kv * max_ctx * hd
             nbytes = n_layers * per_layer * F32
             mf = self.cl.mem_flags
-            keys = self.cl.Buffer(self.dev.context, mf.READ_WRITE, nbytes)
-            values = self.cl.Buffer(self.dev.context, mf.READ_WRITE, nbytes)
+            keys = self._buffer(mf.READ_WRITE, nbytes, None, "the KV cache")
+            values = self._buffer(mf.READ_WRITE, nbytes, None, "the KV cache")
             held = (keys, values, per_layer)
             self._caches[cache] = held
         return held
