@@ -3,8 +3,8 @@
 One session, as a user would run it: send a prompt and watch the reply stream with its metrics
 line, stop a long reply with Esc (the partial text stays, marked stopped, and the input works),
 open the model picker (F2) and the settings (F3) and leave them, then quit with Ctrl+Q: the
-process exits 0, the terminal is restored, no traceback reached the screen, and the log went to
-the file `app.logs` names.
+process exits 0, the terminal is restored, no traceback reached the screen, the log went to
+the file `app.logs` names, and the conversation was auto-saved as it was shown.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from app.history import load_conversation_file
 from tests.tmux_driver import TmuxTerminal, isolated_env, lampchat_argv, tmux_binary
 from tests.tui_screen import (
     FINAL_META,
@@ -143,3 +144,20 @@ def test_chat_stop_picker_settings_and_quit_in_a_real_terminal(
     log_text = log_file.read_text(errors="replace")
     assert "llama.cpp" in log_text
     assert "Traceback" not in log_text, log_text[-4000:]
+
+    # auto-save (on by default) kept the conversation, as shown, in the history dir
+    files = sorted((home / ".local/share/lampchat/history").glob("*.toml"))
+    assert len(files) == 1, files
+    conv = load_conversation_file(files[0])
+    assert conv.problems == []
+    assert [m.role for m in conv.messages] == ["user", "assistant"] * 3
+    assert [m.content for m in conv.messages[::2]] == [SHORT_PROMPT, LONG_PROMPT,
+                                                       AFTER_STOP_PROMPT]
+    replies = conv.messages[1::2]
+    assert words(replies[0].content) == words(reply.body)
+    assert words(replies[1].content) == kept
+    assert [(r.metrics or {}).get("finish_reason") for r in replies] == [
+        "stop", "cancelled", "stop"]
+    # and the prompts, for Up/Down recall next time
+    recall = (home / ".local/state/lampchat/prompt_history").read_text()
+    assert all(p in recall for p in (SHORT_PROMPT, LONG_PROMPT, AFTER_STOP_PROMPT))
