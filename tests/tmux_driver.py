@@ -93,14 +93,11 @@ class TmuxTerminal:
         """Start `argv` in the pane (under the status-printing `sh`), with exactly `env`."""
         full_env = {**env, "TERM": "xterm-256color"}
         full_env.pop("TMUX", None)
-        env_flags: list[str] = []
-        for key in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME",
-                    "LAMPCHAT_LOG_FILE", "LAMPCHAT_CONFIG", "PYTHONPATH", "HOME"):
-            if key in full_env:
-                env_flags += ["-e", f"{key}={full_env[key]}"]
+        # the server starts with exactly this environment, and the session inherits it
+        # (no `new-session -e`, which tmux < 3.2 lacks)
         self._tmux(
             "new-session", "-d", "-s", "main", "-x", str(self.width), "-y", str(self.height),
-            "-c", str(cwd), *env_flags, "--", "sh", "-c", _WRAPPER, "sh", *argv, env=full_env,
+            "-c", str(cwd), "--", "sh", "-c", _WRAPPER, "sh", *argv, env=full_env,
         )
 
     def program_pid(self, timeout: float = 10.0) -> int:
