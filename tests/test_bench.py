@@ -29,13 +29,14 @@ STAT_FIELDS = {"mean", "stddev", "n", "values"}
 
 @pytest.fixture(scope="session")
 def bench_run(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> dict[str, Any]:
-    """One real `lampchat bench` run: a truncated GGUF first (fails), then the default model."""
+    """One real `lampchat bench` run: a truncated GGUF first (fails), then the default model;
+    llama.cpp, and mlx (which cannot read GGUF: skipped)."""
     base = tmp_path_factory.mktemp("bench")
     broken = base / "broken.gguf"
     broken.write_bytes(default_gguf.read_bytes()[: 1 << 20])  # valid header, data cut off
     out_json, out_md = base / "run.json", base / "run.md"
     result = run_lampchat(
-        "bench", "-b", "llama.cpp", "-m", str(broken), "-m", str(default_gguf), *SMALL,
+        "bench", "-b", "llama.cpp,mlx", "-m", str(broken), "-m", str(default_gguf), *SMALL,
         "--json", str(out_json), "--markdown", str(out_md), timeout=300,
     )
     return {"proc": result, "json": out_json, "md": out_md, "dir": base, "broken": broken}
@@ -54,7 +55,9 @@ def test_bench_writes_json_with_every_field(bench_run: dict[str, Any], default_g
     assert report["schema"] == SCHEMA
     assert report["settings"]["repetitions"] == 1 and report["settings"]["pp"] == [32]
     assert {"cpu", "cores_logical", "versions"} <= set(report["host"])
-    assert len(report["results"]) == 2
+    assert [(Path(r["model_path"]).name, r["backend"], r["status"]) for r in report["results"]] \
+        == [("broken.gguf", "llama.cpp", "failed"), ("broken.gguf", "mlx", "skipped"),
+            (default_gguf.name, "llama.cpp", "ok"), (default_gguf.name, "mlx", "skipped")]
     for r in report["results"]:
         assert set(RESULT_FIELDS) <= set(r), set(RESULT_FIELDS) - set(r)
 
@@ -87,8 +90,9 @@ def test_bench_writes_json_with_every_field(bench_run: dict[str, Any], default_g
 def test_failing_case_is_reported_and_run_continues(bench_run: dict[str, Any]):
     proc = bench_run["proc"]
     report = json.loads(bench_run["json"].read_text())
-    first, second = report["results"]
+    first, skipped, second, _ = report["results"]
     assert Path(first["model_path"]).name == "broken.gguf"
+    assert skipped["error"] == "mlx does not read gguf models (readers: llama.cpp, native)"
     assert first["status"] == "failed"
     assert first["error"] and "\n" not in first["error"]
     assert first["metrics"] is None and first["duration_s"] is not None
@@ -98,6 +102,7 @@ def test_failing_case_is_reported_and_run_continues(bench_run: dict[str, Any]):
     assert "Traceback" not in proc.stderr + proc.stdout
     md = bench_run["md"].read_text()
     assert "| broken.gguf | llama.cpp | cpu |" in md and "failed:" in md
+    assert "skipped: mlx does not read gguf models" in md
     assert "Lampchat overhead" in md and "pp32 t/s" in md
 
 
@@ -182,3 +187,32 @@ def test_plan_covers_every_backend_for_the_format(default_gguf: Path, tmp_path: 
                                    devices=["cpu"]))
     assert cases[0].error and cases[0].backend == "auto"  # unreadable: a failed case up front
     assert [c.backend for c in cases[1:]] == ["llama.cpp", "native"]
+
+
+def test_bench_remote_server(tmp_path: Path, default_gguf: Path):
+    """The remote backend against llama-cpp-python's real server on loopback, with its raw
+    baseline (plain httpx streaming); an unreachable server is a failed row, not a crash."""
+    from tests.remote_servers import LlamaServer, free_port
+
+    server = LlamaServer(default_gguf, tmp_path / "server.log", n_ctx=512)
+    try:
+        server.wait_ready()
+        out = tmp_path / "remote.json"
+        proc = run_lampchat("bench", "--base-url", server.base_url, "-r", "1", "-p", "32",
+                            "-n", "4", "--ctx", "512", "--json", str(out), timeout=300)
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr
+    (r,) = load_report(out)["results"]
+    assert r["backend"] == "remote" and r["status"] == "ok", r["error"]
+    assert r["device_used"].startswith("remote:127.0.0.1")
+    assert set(r["metrics"]) == set(r["raw"]) == {"pp32", "tg4", "ttft_ms"}
+    assert r["model_size_mb"] is None and r["peak_rss_ratio"] is None
+    assert "httpx" in r["raw_calls"]["chat"]
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    proc = run_lampchat("bench", "--base-url", dead, "-r", "1", "-p", "32", "-n", "4",
+                        "--ctx", "512", "--json", str(out), timeout=300)
+    assert proc.returncode == 1  # nothing could be measured
+    (r,) = load_report(out)["results"]
+    assert r["status"] == "failed" and "127.0.0.1" in r["error"]
+    assert "Traceback" not in proc.stderr

@@ -118,6 +118,15 @@ def add_parser(subparsers: Any) -> None:
                      "the time)")
     how.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="S",
                      help=f"give up on a case after S seconds (default {DEFAULT_TIMEOUT_S:g})")
+    remote = parser.add_argument_group(
+        "remote server (OpenAI-compatible; adds the remote backend; --model: its model names)")
+    remote.add_argument("--base-url", metavar="URL",
+                        help="the server, e.g. http://127.0.0.1:8080/v1")
+    remote.add_argument("--api-key-env", metavar="VAR",
+                        help="environment variable holding the server's API key")
+    remote.add_argument("--endpoint", metavar="NAME",
+                        help="a [remote.NAME] endpoint from the config")
+    parser.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     out.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
@@ -147,8 +156,10 @@ def run(args: argparse.Namespace) -> int:
             write_text(table_markdown(table), args.markdown)
         return 0
 
+    backends = _split(args.backend)
     config = BenchConfig(
-        models=_split(args.model), backends=_split(args.backend), devices=_split(args.device),
+        models=_split(args.model), backends=backends, devices=_split(args.device),
+        remote=_remote_options(args, backends),
         repetitions=args.repetitions, pp=tuple(args.n_prompt), tg=args.n_gen,
         threads=args.threads, n_ctx=args.ctx, raw=not args.no_raw, timeout_s=args.timeout,
     )
@@ -163,6 +174,23 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_text(to_markdown(report, old), args.markdown)
     return 0 if any(r.get("status") == "ok" for r in report["results"]) else 1
+
+
+def _remote_options(args: argparse.Namespace, backends: list[str]) -> dict[str, Any]:
+    """The remote endpoint's options when the remote backend is asked for (or implied)."""
+    flags = args.base_url or args.api_key_env or args.endpoint
+    if not flags and "remote" not in [b.strip().lower() for b in backends]:
+        return {}
+    from app.remote_catalog import remote_options_from_args
+
+    namespace = argparse.Namespace(backend="remote", base_url=args.base_url,
+                                   api_key_env=args.api_key_env, endpoint=args.endpoint,
+                                   config=args.config)
+    options = remote_options_from_args(namespace, None)
+    if not options:
+        raise LampchatError("the remote backend needs a server: give --base-url URL or "
+                            "--endpoint NAME (or set [remote] in the config)")
+    return options
 
 
 def _stdout_console() -> Console:

@@ -70,6 +70,11 @@ def empty_result(spec: CaseSpec) -> dict[str, Any]:
     path = Path(spec.model)
     result.update(model=path.name or spec.model, model_path=spec.model, backend=spec.backend,
                   device=spec.device, status="failed")
+    if spec.backend == "remote":  # a server's model: nothing on disk here
+        from engine.bench.config import _is_default
+
+        result["model"] = "server's model" if _is_default(spec.model) else spec.model
+        return result
     with contextlib.suppress(OSError):
         result["model_size_mb"] = _size_bytes(path) / 2**20 if path.exists() else None
     return result
@@ -133,6 +138,15 @@ class _Case:
         assert self.raw is not None
         return await self.on_engine(self._uncancelled, self.raw.prompt, tokens)
 
+    async def raw_pp(self, messages: Sequence[ChatMessage]) -> tuple[float, int]:
+        """(seconds, prompt tokens) of the raw prompt evaluation of `messages`."""
+        assert self.raw is not None and self.adapter is not None
+        if self.adapter.tokenize is None:
+            seconds = await self.on_engine(self._uncancelled, self.raw.prompt_messages, messages)
+            return seconds, 0
+        ids = await self.tokenize(messages)
+        return await self.raw_prompt(ids), len(ids)
+
     def _uncancelled(self, fn: Callable[..., T], *args: Any) -> T:
         """Call `fn` with the backend's cancel flag clear.
 
@@ -154,7 +168,8 @@ class _Case:
         spec = self.spec
         self.progress("loading")
         self.result["rss_before_load_mb"] = rss_mb()
-        settings = LoadSettings(n_ctx=spec.n_ctx, n_threads=spec.threads, device=spec.device)
+        settings = LoadSettings(n_ctx=spec.n_ctx, n_threads=spec.threads, device=spec.device,
+                                options=dict(spec.options))
         start = time.perf_counter()
         info = await self.worker.load(spec.model, spec.backend, settings)
         self.result["load_s"] = time.perf_counter() - start
@@ -181,8 +196,22 @@ class _Case:
             log.warning("raw baseline for %s unavailable", spec.backend, exc_info=True)
             self.result["raw_error"] = one_line(exc)
 
-    async def prompts(self) -> dict[tuple[int, int], list[ChatMessage]]:
-        """The ppN prompts of every repetition (and of the warm-up, repetition -1)."""
+    @property
+    def shared_cache(self) -> bool:
+        """Whether the two paths may hit each other's cached prompt (no fresh context: e.g.
+        a server's prompt cache); then each path gets its own prompts."""
+        return self.adapter is not None and self.adapter.fresh_context is None
+
+    def ttft_messages(self, side: str, rep: int) -> list[ChatMessage]:
+        """The short chat prompt; with a shared cache, a per-path, per-repetition variant of
+        the same length (a cached copy would flatter whichever path ran second)."""
+        if not self.shared_cache:
+            return chat(TTFT_PROMPT)
+        return chat(f"({'AB'[side == 'raw']}{rep % 10}) {TTFT_PROMPT}")
+
+    async def prompts(self) -> dict[tuple[int, int, str], list[ChatMessage]]:
+        """The ppN prompts of every repetition (and of the warm-up, repetition -1), per path
+        (the same for both, unless the paths share a prompt cache)."""
         assert self.adapter is not None
         tokenize = None
         if self.adapter.tokenize is not None:
@@ -192,12 +221,16 @@ class _Case:
             def tokenize(messages: Sequence[ChatMessage]) -> list[int]:
                 return tokenize_fn(backend, messages)  # type: ignore[arg-type]
 
-        def build() -> dict[tuple[int, int], list[ChatMessage]]:
+        shared = self.shared_cache
+
+        def build() -> dict[tuple[int, int, str], list[ChatMessage]]:
             out = {}
             for rep in range(-1, self.spec.repetitions):
                 for n in self.spec.pp:
-                    out[(rep, n)] = prompt_of_tokens(n, seed=1000 * (rep + 2) + n,
-                                                     tokenize=tokenize)
+                    seed = 1000 * (rep + 2) + n
+                    out[(rep, n, "lampchat")] = prompt_of_tokens(n, seed, tokenize)
+                    out[(rep, n, "raw")] = (prompt_of_tokens(n, seed + 500, tokenize) if shared
+                                            else out[(rep, n, "lampchat")])
             return out
 
         return await self.on_engine(build)
@@ -214,44 +247,53 @@ class _Case:
         tokens: dict[str, list[float]] = {t: [] for t in tests}
 
         self.progress("warm-up")
-        await self.warm_up(pp_prompts[(-1, max(spec.pp))])
+        n_warm = max(spec.pp)
+        await self.warm_up(pp_prompts[(-1, n_warm, "lampchat")], pp_prompts[(-1, n_warm, "raw")])
         self.done += 1
 
         for rep in range(spec.repetitions):
             for test in tests:
                 where = f"{test} · rep {rep + 1}/{spec.repetitions}"
-                self.progress(f"{where} · lampchat")
-                value, count = await self.measure_lampchat(test, pp_prompts.get((rep, _n(test))))
-                lamp[test].append(value)
-                tokens[test].append(count)
-                self.done += 1
-                if self.raw is not None:
-                    self.progress(f"{where} · raw")
-                    try:
-                        raw[test].append(await self.measure_raw(test, pp_prompts.get(
-                            (rep, _n(test)))))
-                    except Exception as exc:
-                        log.warning("raw baseline failed", exc_info=True)
-                        self.result["raw_error"] = one_line(exc)
-                        self.raw = None
+                sides = ["lampchat", "raw"] if rep % 2 == 0 else ["raw", "lampchat"]
+                for side in sides:  # A/B, then B/A: neither path always goes first
+                    if side == "lampchat":
+                        self.progress(f"{where} · lampchat")
+                        value, count = await self.measure_lampchat(
+                            test, pp_prompts.get((rep, _n(test), side)), rep)
+                        lamp[test].append(value)
+                        tokens[test].append(count)
+                    elif self.raw is not None:
+                        self.progress(f"{where} · raw")
+                        try:
+                            counted = tokens[test]
+                            raw[test].append(await self.measure_raw(
+                                test, pp_prompts.get((rep, _n(test), side)), rep,
+                                sum(counted) / len(counted) if counted else 0.0))
+                        except Exception as exc:
+                            log.warning("raw baseline failed", exc_info=True)
+                            self.result["raw_error"] = one_line(exc)
+                            self.raw = None
+                    else:
+                        continue
                     self.done += 1
         self.finish(tests, lamp, raw, tokens)
 
-    async def warm_up(self, pp_messages: list[ChatMessage]) -> None:
+    async def warm_up(self, pp_messages: list[ChatMessage],
+                      raw_pp_messages: list[ChatMessage]) -> None:
         """One untimed run of each kind of work on each path."""
         await self.lampchat(pp_messages, 1)
-        await self.lampchat(chat(TTFT_PROMPT), WARMUP_TOKENS)
+        await self.lampchat(self.ttft_messages("lampchat", 9), WARMUP_TOKENS)
         if self.raw is not None:
             try:
-                await self.raw_prompt(await self.tokenize(pp_messages))
-                await self.raw_chat(chat(TTFT_PROMPT), WARMUP_TOKENS)
+                await self.raw_pp(raw_pp_messages)
+                await self.raw_chat(self.ttft_messages("raw", 9), WARMUP_TOKENS)
             except Exception as exc:
                 log.warning("raw baseline failed in the warm-up", exc_info=True)
                 self.result["raw_error"] = one_line(exc)
                 self.raw = None
 
     async def measure_lampchat(
-        self, test: str, pp_messages: list[ChatMessage] | None
+        self, test: str, pp_messages: list[ChatMessage] | None, rep: int = 0
     ) -> tuple[float, float]:
         """(the figure, its token count) for one repetition of `test` on Lampchat's path."""
         if test.startswith("pp"):
@@ -263,21 +305,26 @@ class _Case:
             if timing.decode_tokens < 1:
                 raise BenchFailure(f"{test}: the model stopped after {timing.tokens} token(s)")
             return timing.decode_tps, timing.tokens
-        timing = await self.lampchat(chat(TTFT_PROMPT), 1)
+        timing = await self.lampchat(self.ttft_messages("lampchat", rep), 1)
         return timing.ttft_s * 1000, timing.prompt_tokens
 
-    async def measure_raw(self, test: str, pp_messages: list[ChatMessage] | None) -> float:
-        """The figure for one repetition of `test` with the raw library call."""
+    async def measure_raw(self, test: str, pp_messages: list[ChatMessage] | None,
+                          rep: int = 0, lampchat_tokens: float = 0.0) -> float:
+        """The figure for one repetition of `test` with the raw library call.
+
+        A raw prompt with no token count of its own (a server's) is counted as Lampchat's
+        prompts of the same size were (the server's usage count), else as N.
+        """
         if test.startswith("pp"):
             assert pp_messages is not None
-            ids = await self.tokenize(pp_messages)
-            return len(ids) / await self.raw_prompt(ids)
+            seconds, n_tokens = await self.raw_pp(pp_messages)
+            return (n_tokens or lampchat_tokens or _n(test)) / seconds
         if test.startswith("tg"):
             timing = await self.raw_chat(chat(TG_PROMPT), self.spec.tg)
             if timing.decode_tokens < 1:
                 raise BenchFailure(f"raw {test}: the model stopped after {timing.tokens} token(s)")
             return timing.decode_tps
-        return (await self.raw_chat(chat(TTFT_PROMPT), 1)).ttft_s * 1000
+        return (await self.raw_chat(self.ttft_messages("raw", rep), 1)).ttft_s * 1000
 
     def finish(self, tests: list[str], lamp: dict[str, list[float]],
                raw: dict[str, list[float]], tokens: dict[str, list[float]]) -> None:
@@ -326,6 +373,7 @@ async def measure_case(spec: CaseSpec, emit: Emit) -> dict[str, Any]:
     case = _Case(spec, emit)
     if spec.error:
         case.result["error"] = spec.error
+        case.result["status"] = spec.status
         return case.result
     try:
         await case.run()

@@ -32,6 +32,8 @@ class BenchConfig:
     """Also time each backend's raw library call (the overhead baseline)."""
     timeout_s: float = DEFAULT_TIMEOUT_S
     """Per case: a child still running after this long is stopped and reported failed."""
+    remote: dict[str, Any] = field(default_factory=dict)
+    """The remote backend's endpoint options (`LoadSettings.options`); never in reports."""
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for a setting out of range."""
@@ -59,6 +61,11 @@ class BenchConfig:
         """A JSON-ready dict."""
         out = asdict(self)
         out["pp"] = list(self.pp)
+        del out["remote"]  # may hold an API key
+        if self.remote:
+            from engine.remote_api import safe_url
+
+            out["remote_url"] = safe_url(str(self.remote.get("base_url") or ""))
         return out
 
 
@@ -78,27 +85,48 @@ class CaseSpec:
     log_file: str | None = None
     error: str | None = None
     """Set when the case is known to fail before running (e.g. an unreadable model)."""
+    status: str = "failed"
+    """The status of a case that does not run (`error` set): "failed" or "skipped"."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """`LoadSettings.options` (the remote endpoint; API keys as plain strings)."""
 
     @classmethod
     def for_config(cls, config: BenchConfig, model: str, backend: str, device: str,
-                   log_file: str | None = None, error: str | None = None) -> CaseSpec:
+                   log_file: str | None = None, error: str | None = None,
+                   status: str = "failed") -> CaseSpec:
         """A case with the run's settings."""
+        options: dict[str, Any] = {}
+        if backend == "remote":
+            options = {k: (v.reveal() if hasattr(v, "reveal") else v)
+                       for k, v in config.remote.items()}
         return cls(model=model, backend=backend, device=device,
                    repetitions=config.repetitions, pp=list(config.pp), tg=config.tg,
                    threads=config.threads, n_ctx=config.n_ctx, raw=config.raw,
-                   log_file=log_file, error=error)
+                   log_file=log_file, error=error, status=status, options=options)
 
     @property
     def label(self) -> str:
         """E.g. "llama.cpp · cpu · model.gguf"."""
         name = self.model.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
+        if self.backend == "remote":
+            from engine.remote_api import safe_url
+
+            where = safe_url(str(self.options.get("base_url") or ""))
+            return f"remote · {where or self.options.get('endpoint_name') or '?'} · " + (
+                "server's model" if _is_default(self.model) else name)
         return f"{self.backend} · {self.device} · {name}"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
+        """A JSON-ready dict (for the child process only: it may hold an API key)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseSpec:
         """The inverse of `to_dict`."""
         return cls(**data)
+
+
+def _is_default(model: str) -> bool:
+    from engine.models import default_model_path
+
+    return not model or model == str(default_model_path())

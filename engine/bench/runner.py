@@ -60,25 +60,51 @@ def devices_for(backend: str) -> list[str]:
 def plan_cases(config: BenchConfig, log_file: str | None = None) -> list[CaseSpec]:
     """Every (model, backend, device) the run measures, in order.
 
-    Raises LampchatError for an unknown backend name (a typo, not a failed case). A model
-    whose format cannot be read becomes a failed case.
+    Local models: every backend that reads the model's format (or those asked for) on every
+    device it can use here (or those asked for). A backend asked for that cannot read a
+    model's format is a skipped case; a model whose format cannot be read a failed one.
+    The remote backend (asked for, or implied by endpoint options) runs once per server model
+    named with --model (names that are not local files), else on the server's first model.
+    Raises LampchatError for an unknown backend name (a typo, not a failed case).
     """
-    backends = [canonical_name(b) for b in config.backends]
-    models = [resolve_model(m) for m in config.models] or [resolve_model(None)]
+    backends = list(dict.fromkeys(canonical_name(b) for b in config.backends))
+    if config.remote and not backends:
+        backends = ["remote"]
+    local = [b for b in backends if b != "remote"]
+    given = list(dict.fromkeys(config.models))
     cases: list[CaseSpec] = []
-    for model in dict.fromkeys(models):
-        names = list(dict.fromkeys(backends))
-        if not names:
-            try:
-                names = list(FORMAT_BACKENDS.get(detect_format(model).format, ()))
-            except LampchatError as exc:
-                cases.append(CaseSpec.for_config(config, model, "auto", "auto", log_file,
-                                                 error=one_line(exc)))
-                continue
-        for backend in names:
-            devices = list(dict.fromkeys(config.devices)) or devices_for(backend)
-            cases.extend(CaseSpec.for_config(config, model, backend, device, log_file)
-                         for device in devices)
+    if local or not backends:
+        paths = [m for m in given if "remote" not in backends or Path(m).expanduser().exists()]
+        if not given:
+            paths = [resolve_model(None)]
+        for model in dict.fromkeys(resolve_model(m) for m in paths):
+            cases += _local_cases(config, model, local, log_file)
+    if "remote" in backends:
+        names = [m for m in given if not Path(m).expanduser().exists()] or [resolve_model(None)]
+        cases += [CaseSpec.for_config(config, name, "remote", "auto", log_file)
+                  for name in names]
+    return cases
+
+
+def _local_cases(config: BenchConfig, model: str, backends: list[str],
+                 log_file: str | None) -> list[CaseSpec]:
+    try:
+        fmt = detect_format(model).format
+    except LampchatError as exc:
+        return [CaseSpec.for_config(config, model, backends[0] if len(backends) == 1
+                                    else "auto", "auto", log_file, error=one_line(exc))]
+    readers = FORMAT_BACKENDS.get(fmt, ())
+    cases = []
+    for backend in backends or list(readers):
+        if backend not in readers:
+            cases.append(CaseSpec.for_config(
+                config, model, backend, "auto", log_file, status="skipped",
+                error=f"{backend} does not read {fmt} models (readers: "
+                      f"{', '.join(readers) or 'none'})"))
+            continue
+        devices = list(dict.fromkeys(config.devices)) or devices_for(backend)
+        cases.extend(CaseSpec.for_config(config, model, backend, device, log_file)
+                     for device in devices)
     return cases
 
 
@@ -92,6 +118,7 @@ def run_case(spec: CaseSpec, timeout_s: float, on_event: EventHandler | None = N
     if spec.error:
         result = empty_result(spec)
         result["error"] = spec.error
+        result["status"] = spec.status
         return result
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

@@ -25,6 +25,9 @@ from engine.types import ChatMessage, SamplingParams
 ADAPTERS: dict[str, str] = {
     "llama.cpp": "engine.bench.adapters.llama_cpp:ADAPTER",
     "native": "engine.bench.adapters.native:ADAPTER",
+    "mlx": "engine.bench.adapters.mlx:ADAPTER",
+    "onnx": "engine.bench.adapters.onnx:ADAPTER",
+    "remote": "engine.bench.adapters.remote:ADAPTER",
 }
 """Backend name -> "module:attribute" of its `BenchAdapter` (imported on demand)."""
 
@@ -96,6 +99,10 @@ class RawBaseline(ABC):
     @abstractmethod
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> StreamTiming:
         """Stream a reply with the library's own chat call, from a fresh context."""
+
+    def prompt_messages(self, messages: Sequence[ChatMessage]) -> float:
+        """Seconds to evaluate a chat's prompt, for backends bench cannot tokenize for."""
+        raise NotImplementedError
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release anything the baseline holds (not the backend's model)."""
