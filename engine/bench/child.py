@@ -27,7 +27,7 @@ from typing import Any, TextIO, TypeVar
 from engine.backends.base import Backend
 from engine.bench.adapters import BenchAdapter, RawBaseline, StreamTiming, Timeline, adapter_for
 from engine.bench.config import CaseSpec
-from engine.bench.memory import peak_rss_mb, rss_mb
+from engine.bench.memory import GpuMemoryProbe, peak_rss_mb, rss_mb
 from engine.bench.prompts import TG_PROMPT, TTFT_PROMPT, chat, prompt_of_tokens
 from engine.bench.stats import Stat
 from engine.errors import BackendUnavailableError, DeviceUnavailableError, LampchatError
@@ -48,7 +48,7 @@ RESULT_FIELDS = (
     "model", "model_path", "model_size_mb", "backend", "device", "device_used", "status",
     "error", "note", "info", "load_s", "metrics", "raw", "raw_calls", "raw_error", "overhead",
     "tokens", "peak_rss_mb", "rss_before_load_mb", "peak_rss_ratio", "gpu_memory_mb",
-    "duration_s",
+    "gpu_memory_source", "duration_s",
 )
 """Every field of a case's result (all present, None when not measured)."""
 
@@ -99,10 +99,13 @@ class _Case:
         self.raw: RawBaseline | None = None
         self.done = 0
         self.steps = 1
+        self.gpu: GpuMemoryProbe | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def progress(self, label: str) -> None:
+        if self.gpu is not None and self.done:
+            self.gpu.sample()
         self.emit({"event": "progress", "done": self.done, "steps": self.steps, "label": label})
 
     async def on_engine(self, fn: Callable[..., T], *args: Any) -> T:
@@ -168,6 +171,8 @@ class _Case:
         spec = self.spec
         self.progress("loading")
         self.result["rss_before_load_mb"] = rss_mb()
+        if spec.backend != "remote" and spec.device != "cpu":
+            self.gpu = GpuMemoryProbe()
         settings = LoadSettings(n_ctx=spec.n_ctx, n_threads=spec.threads, device=spec.device,
                                 options=dict(spec.options))
         start = time.perf_counter()
@@ -342,8 +347,14 @@ class _Case:
         if self.adapter.gpu_memory_mb is not None:
             try:
                 result["gpu_memory_mb"] = self.adapter.gpu_memory_mb(self.backend)
+                if result["gpu_memory_mb"] is not None:
+                    result["gpu_memory_source"] = f"{self.spec.backend} backend"
             except Exception:
                 log.warning("reading GPU memory failed", exc_info=True)
+        if (result["gpu_memory_mb"] is None and self.gpu is not None
+                and result.get("device_used") not in (None, "cpu")):
+            self.gpu.sample()
+            result["gpu_memory_mb"], result["gpu_memory_source"] = self.gpu.result()
 
 
 def _n(test: str) -> int:

@@ -59,3 +59,73 @@ def nvml_process_memory_mb(pid: int | None = None) -> float | None:
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
+
+
+def nvml_used_mb() -> float | None:
+    """GPU memory in use on all NVIDIA devices together, in MiB, through the driver's NVML
+    library (ctypes; no Python package needed); None without an NVIDIA driver."""
+    import ctypes
+    import platform
+
+    if platform.system() == "Darwin":
+        return None
+    names = ["nvml.dll"] if platform.system() == "Windows" else ["libnvidia-ml.so.1",
+                                                                "libnvidia-ml.so"]
+    lib = None
+    for name in names:
+        with contextlib.suppress(OSError):
+            lib = ctypes.CDLL(name)
+            break
+    if lib is None:
+        return None
+
+    class Memory(ctypes.Structure):
+        _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong),
+                    ("used", ctypes.c_ulonglong)]
+
+    if lib.nvmlInit_v2() != 0:
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return None
+        used = 0
+        for i in range(count.value):
+            handle = ctypes.c_void_p()
+            mem = Memory()
+            if (lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)) == 0
+                    and lib.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem)) == 0):
+                used += int(mem.used)
+        return used / 2**20
+    finally:
+        lib.nvmlShutdown()
+
+
+class GpuMemoryProbe:
+    """The GPU memory a bench case uses, as NVML sees it.
+
+    Per process when `nvidia-ml-py` is installed; otherwise the peak rise of the devices'
+    memory in use since the probe was made (before the model loaded; approximate when other
+    processes use the GPU at the same time). Call `sample()` after each step.
+    """
+
+    def __init__(self) -> None:
+        self.start = nvml_used_mb()
+        self.peak = self.start
+
+    def sample(self) -> None:
+        """Note the devices' memory in use now."""
+        if self.start is None:
+            return
+        used = nvml_used_mb()
+        if used is not None and self.peak is not None:
+            self.peak = max(self.peak, used)
+
+    def result(self) -> tuple[float | None, str | None]:
+        """(MiB, how it was measured), or (None, None) where NVML cannot say."""
+        own = nvml_process_memory_mb()
+        if own:
+            return own, "nvml per process"
+        if self.start is None or self.peak is None:
+            return None, None
+        return max(0.0, self.peak - self.start), "nvml device memory rise since before load"

@@ -98,6 +98,7 @@ def _tokenize(backend: Backend, messages: Sequence[ChatMessage]) -> list[int]:
 
 
 def _gpu_memory(backend: Backend) -> float | None:
+    """Per-process NVML where nvidia-ml-py is installed (else bench's device-level probe)."""
     info = backend.info
     return nvml_process_memory_mb() if info is not None and info.device != "cpu" else None
 
