@@ -26,13 +26,29 @@ from engine.errors import (
 from engine.formats.detect import detect_format
 from engine.sampling import PENALTY_LAST_N
 from engine.textstream import StopMatcher
-from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+from engine.types import (
+    ChatMessage,
+    FinishReason,
+    LoadSettings,
+    ModelInfo,
+    Piece,
+    SamplingParams,
+    StreamStats,
+)
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'lampchat[mlx]'"
 MLX_FORMATS = ("safetensors", "mlx")
 """Formats mlx-lm reads: HF folders with safetensors weights, plain or MLX-quantized."""
+
+
+PREFILL_STEP = 512
+"""Prompt tokens per mlx-lm prefill step; a cancel is noticed between steps."""
+
+
+class _PrefillCancelled(Exception):
+    """Raised from mlx-lm's prompt progress callback to stop a cancelled prefill."""
 
 
 def import_mlx() -> tuple[Any, Any]:
@@ -102,6 +118,10 @@ class MLXBackend(Backend):
         self._stream: Any = None
         self._eos_ids: frozenset[int] = frozenset()
         self._n_ctx = 0
+        self.finish_reason: FinishReason = "stop"
+        """How the last `generate_ids` ended."""
+        self._cache: list[Any] | None = None
+        self._cache_tokens: list[int] = []
 
     def load(
         self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
@@ -127,7 +147,8 @@ class MLXBackend(Backend):
         started = time.perf_counter()
         report(0.05, "loading weights with mlx-lm")
         try:
-            mx.set_default_device(device)
+            if device != mx.default_device():
+                mx.set_default_device(device)
             net, mlx_tokenizer = mlx_lm.load(str(folder))
         except LampchatError:
             raise
@@ -141,6 +162,7 @@ class MLXBackend(Backend):
             mlx_tokenizer.add_eos_token(str(token_id))
         self._mx = mx
         self._model = net
+        self._cache, self._cache_tokens = None, []
         self._mlx_tokenizer = mlx_tokenizer
         self._tokenizer = tokenizer
         self._template = hf_folder.chat_template(folder)
@@ -169,6 +191,7 @@ class MLXBackend(Backend):
     def unload(self) -> None:
         """Drop the model and return MLX's cached buffers to the system."""
         self._model = None
+        self._cache, self._cache_tokens = None, []
         self._mlx_tokenizer = None
         self._tokenizer = None
         self._template = None
@@ -185,17 +208,125 @@ class MLXBackend(Backend):
         prompt = self._template.render(messages)
         return list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
 
-    def stream(
-        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
-    ) -> Iterator[Piece]:
-        """Stream a reply with `mlx_lm.stream_generate`."""
+    def generate_ids(self, tokens: Sequence[int], sampling: SamplingParams) -> Iterator[int]:
+        """Yield up to `sampling.max_tokens` new token ids after the prompt `tokens`, from
+        `mlx_lm.stream_generate`; an end-of-generation token ends it unyielded.
+
+        Afterwards `finish_reason` is "stop", "length" or "cancelled".
+        """
         from mlx_lm.generate import stream_generate
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
-        from tokenizers.decoders import DecodeStream
 
         mx = self._mx
         if self._model is None or mx is None:
             raise LampchatError("no model is loaded")
+        self.finish_reason = "length"
+        if sampling.seed is not None:
+            mx.random.seed(sampling.seed)
+        sampler = make_sampler(
+            temp=0.0 if sampling.greedy else sampling.temperature,
+            top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
+            min_p=sampling.min_p,
+            top_k=sampling.top_k,
+        )
+        mx.reset_peak_memory()
+        keep = self._reuse_cache(tokens)
+        processors = None
+        if sampling.repeat_penalty != 1.0:
+            penalty = make_logits_processors(
+                repetition_penalty=sampling.repeat_penalty,
+                repetition_context_size=PENALTY_LAST_N,
+            )[0]
+            # mlx-lm passes only the tokens it was given (those after the cached prefix): put
+            # the cached ones back, so the penalty sees the same window as without the cache.
+            before = mx.array(list(tokens[:keep][-PENALTY_LAST_N:]), dtype=mx.int32)
+
+            def with_prefix(seen: Any, logits: Any) -> Any:
+                return penalty(mx.concatenate([before, seen.astype(mx.int32)]), logits)
+
+            processors = [with_prefix]
+        seen = list(tokens[:keep])
+        responses = stream_generate(
+            self._model, self._mlx_tokenizer, mx.array(list(tokens[keep:]), dtype=mx.int32),
+            max_tokens=min(sampling.max_tokens, self._n_ctx - len(tokens)),
+            sampler=sampler, logits_processors=processors, stream=self._stream,
+            prefill_step_size=PREFILL_STEP, prompt_progress_callback=self._prefill_progress,
+            prompt_cache=self._cache,
+        )
+        seen.extend(tokens[keep:])
+        last = None
+        failed = True
+        try:
+            for response in responses:
+                last = response
+                # The last response repeats nothing: with "length" it carries the final new
+                # token; with "stop" the end token, which is not shown.
+                token = int(response.token)
+                seen.append(token)
+                if response.finish_reason == "stop" or token in self._eos_ids:
+                    self.finish_reason = "stop"
+                    failed = False
+                    return
+                failed = False
+                yield token
+                failed = True
+                if response.finish_reason is not None:
+                    failed = False
+                    return
+                if self.cancelled:
+                    self.finish_reason = "cancelled"
+                    failed = False
+                    return
+            failed = False
+        except _PrefillCancelled:
+            self.finish_reason = "cancelled"
+            failed = False
+        finally:
+            responses.close()
+            self._note_cache(seen, failed)
+            if last is not None:
+                log.info("mlx: prompt %.1f tok/s, decode %.1f tok/s, peak %.3f GB",
+                         last.prompt_tps, last.generation_tps, last.peak_memory)
+
+    def _reuse_cache(self, tokens: Sequence[int]) -> int:
+        """Trim the KV cache to its common prefix with `tokens` (at most all but the last
+        token); returns how many cached tokens are kept."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        cache = self._cache
+        if cache is None or not can_trim_prompt_cache(cache):
+            self._cache, self._cache_tokens = make_prompt_cache(self._model), []
+            return 0
+        common = 0
+        for a, b in zip(self._cache_tokens, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        keep = min(common, len(tokens) - 1)
+        offset = int(getattr(cache[0], "offset", len(self._cache_tokens)))
+        trim_prompt_cache(cache, offset - keep)
+        del self._cache_tokens[keep:]
+        return keep
+
+    def _note_cache(self, seen: list[int], failed: bool) -> None:
+        """Record which tokens the KV cache holds after a generation (None: unknown)."""
+        cache = self._cache
+        offset = int(getattr(cache[0], "offset", -1)) if cache else -1
+        if failed or offset < 0 or offset > len(seen):
+            self._cache, self._cache_tokens = None, []
+        else:
+            self._cache_tokens = seen[:offset]
+
+    def _prefill_progress(self, _done: int, _total: int) -> None:
+        if self.cancelled:
+            raise _PrefillCancelled
+
+    def stream(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
+    ) -> Iterator[Piece]:
+        """Stream a reply with `mlx_lm.stream_generate`."""
+        from tokenizers.decoders import DecodeStream
+
         tokens = self.tokenize_prompt(messages)
         if len(tokens) >= self._n_ctx:
             raise LampchatError(
@@ -203,62 +334,26 @@ class MLXBackend(Backend):
                 f"{self._n_ctx}; start a new conversation or raise the context length"
             )
         stats.prompt_tokens = len(tokens)
-        max_tokens = min(sampling.max_tokens, self._n_ctx - len(tokens))
-        if sampling.seed is not None:
-            mx.random.seed(sampling.seed)
-        greedy = sampling.greedy
-        sampler = make_sampler(
-            temp=0.0 if greedy else sampling.temperature,
-            top_p=sampling.top_p if sampling.top_p < 1.0 else 0.0,
-            min_p=sampling.min_p,
-            top_k=sampling.top_k,
-        )
-        processors = None
-        if sampling.repeat_penalty != 1.0:
-            processors = make_logits_processors(
-                repetition_penalty=sampling.repeat_penalty,
-                repetition_context_size=PENALTY_LAST_N,
-            )
-        mx.reset_peak_memory()
         decoder = DecodeStream(skip_special_tokens=True)
         stops = StopMatcher(sampling.stop)
         pending = 0
         hit = False
-        finish = "length"
-        responses = stream_generate(
-            self._model, self._mlx_tokenizer, mx.array(tokens, dtype=mx.int32),
-            max_tokens=max_tokens, sampler=sampler, logits_processors=processors,
-            stream=self._stream,
-        )
-        last = None
+        ids = self.generate_ids(tokens, sampling)
         try:
-            for response in responses:
-                last = response
-                if response.finish_reason == "stop":  # the end token itself: not shown
-                    finish = "stop"
-                    break
-                token = int(response.token)
-                if token in self._eos_ids:
-                    finish = "stop"
-                    break
+            for token in ids:
                 pending += 1
                 text = decoder.step(self._tokenizer, token)
-                if text:
-                    out, hit = stops.feed(text)
-                    if out:
-                        yield Piece(out, pending)
-                        pending = 0
-                    if hit:
-                        finish = "stop"
-                        break
-                if response.finish_reason is not None or self.cancelled:
+                if not text:
+                    continue
+                out, hit = stops.feed(text)
+                if out:
+                    yield Piece(out, pending)
+                    pending = 0
+                if hit:
                     break
         finally:
-            responses.close()
-        if last is not None:
-            log.info("mlx: prompt %.1f tok/s, decode %.1f tok/s, peak %.3f GB",
-                     last.prompt_tps, last.generation_tps, last.peak_memory)
-        stats.finish_reason = finish  # type: ignore[assignment]
+            ids.close()
+        stats.finish_reason = "stop" if hit else self.finish_reason
         tail = "" if hit else stops.flush()
         if tail or pending:
             yield Piece(tail, pending)

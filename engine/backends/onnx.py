@@ -35,7 +35,15 @@ from engine.errors import (
 from engine.formats.detect import detect_format
 from engine.sampling import Sampler
 from engine.textstream import StopMatcher
-from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+from engine.types import (
+    ChatMessage,
+    FinishReason,
+    LoadSettings,
+    ModelInfo,
+    Piece,
+    SamplingParams,
+    StreamStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +158,8 @@ class OnnxBackend(Backend):
         self._n_ctx = 0
         self._past: list[Any] = []
         self._cache_tokens: list[int] = []
+        self.finish_reason: FinishReason = "stop"
+        """How the last `generate_ids` ended."""
 
     def load(
         self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
@@ -205,7 +215,7 @@ class OnnxBackend(Backend):
         meta = session.get_modelmeta().custom_metadata_map
         n_params = int(meta["lampchat.n_params"]) if "lampchat.n_params" in meta else None
         weights = meta.get("lampchat.weights") or str(config.get("torch_dtype") or "")
-        quant = {"float32": "F32", "float16": "F16", "int8": "INT8 (per channel)"}.get(
+        quant = {"float32": "F32", "float16": "F16", "int8": "INT8 per channel"}.get(
             weights, weights or "unknown")
         self.settings = settings
         self.info = ModelInfo(
@@ -321,7 +331,7 @@ class OnnxBackend(Backend):
         self._cache_tokens.extend(tokens)
         return np.asarray(logits[0, -1], dtype=np.float32)
 
-    def _prefill(self, tokens: Sequence[int]) -> np.ndarray | None:
+    def prefill(self, tokens: Sequence[int]) -> np.ndarray | None:
         """Make the cache hold `tokens`, reusing the cached prefix; None if cancelled."""
         common = 0
         for a, b in zip(self._cache_tokens, tokens, strict=False):
@@ -339,7 +349,49 @@ class OnnxBackend(Backend):
             pos += len(chunk)
         return logits
 
+    def step(self, token: int) -> np.ndarray:
+        """Feed one token after the cached ones; return the logits for the next."""
+        return self._forward([token])
+
+    def reset_cache(self) -> None:
+        """Forget the cached conversation."""
+        self._truncate_cache(0)
+
     # -- generation -----------------------------------------------------------------------
+
+    def generate_ids(self, tokens: Sequence[int], sampling: SamplingParams) -> Iterator[int]:
+        """Yield up to `sampling.max_tokens` new token ids after the prompt `tokens`.
+
+        An end-of-generation token ends it unyielded. Afterwards `finish_reason` is "stop",
+        "length" or "cancelled" (checked before every forward pass).
+        """
+        if self._session is None:
+            raise LampchatError("no model is loaded")
+        self.finish_reason = "length"
+        max_tokens = min(sampling.max_tokens, self._n_ctx - len(tokens))
+        sampler = Sampler(sampling)
+        try:
+            logits = self.prefill(tokens)
+        except Exception:
+            self._past, self._cache_tokens = [], []  # a failed run leaves the cache unknown
+            raise
+        history = list(tokens)
+        for count in range(1, max_tokens + 1):
+            if logits is None or self.cancelled:
+                self.finish_reason = "cancelled"
+                return
+            token = sampler(logits, history)
+            if token in self._eos_ids:
+                self.finish_reason = "stop"
+                return
+            yield token
+            history.append(token)
+            if count == max_tokens:
+                break
+            if self.cancelled:
+                self.finish_reason = "cancelled"
+                return
+            logits = self._forward([token])
 
     def stream(
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
@@ -347,8 +399,6 @@ class OnnxBackend(Backend):
         """Prefill the prompt (reusing the cached prefix), then decode token by token."""
         from tokenizers.decoders import DecodeStream
 
-        if self._session is None:
-            raise LampchatError("no model is loaded")
         tokens = self.tokenize_prompt(messages)
         if len(tokens) >= self._n_ctx:
             raise LampchatError(
@@ -356,43 +406,26 @@ class OnnxBackend(Backend):
                 f"{self._n_ctx}; start a new conversation or raise the context length"
             )
         stats.prompt_tokens = len(tokens)
-        max_tokens = min(sampling.max_tokens, self._n_ctx - len(tokens))
-        sampler = Sampler(sampling)
         decoder = DecodeStream(skip_special_tokens=True)
         stops = StopMatcher(sampling.stop)
         pending = 0
         hit = False
-        finish = "length"
+        ids = self.generate_ids(tokens, sampling)
         try:
-            logits = self._prefill(tokens)
-        except Exception:
-            self._past, self._cache_tokens = [], []  # a failed run leaves the cache unknown
-            raise
-        history = list(tokens)
-        count = 0
-        while logits is not None and not self.cancelled:
-            token = sampler(logits, history)
-            if token in self._eos_ids:
-                finish = "stop"
-                break
-            count += 1
-            history.append(token)
-            pending += 1
-            text = decoder.step(self._tokenizer, token)
-            if text:
+            for token in ids:
+                pending += 1
+                text = decoder.step(self._tokenizer, token)
+                if not text:
+                    continue
                 out, hit = stops.feed(text)
                 if out:
                     yield Piece(out, pending)
                     pending = 0
                 if hit:
-                    finish = "stop"
                     break
-            if count >= max_tokens or self.cancelled:
-                break
-            logits = self._forward([token])
-        if self.cancelled:
-            finish = "cancelled"
-        stats.finish_reason = finish  # type: ignore[assignment]
+        finally:
+            ids.close()
+        stats.finish_reason = "stop" if hit else self.finish_reason
         tail = "" if hit else stops.flush()
         if tail or pending:
             yield Piece(tail, pending)
