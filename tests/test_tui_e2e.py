@@ -56,7 +56,7 @@ def test_chat_stop_picker_settings_and_quit_in_a_real_terminal(
     terminal.start(lampchat_argv(), env)
 
     # the model loads in the background; the status bar names it, backend and device
-    terminal.wait_for(re.compile(r"llama\.cpp · cpu"), LOAD_TIMEOUT_S, "the model to load")
+    terminal.wait_for(re.compile(r"· llama\.cpp · "), LOAD_TIMEOUT_S, "the model to load")
     assert terminal.state().alternate_screen  # a full-screen app
 
     # 1. a prompt: the reply streams in, then its metrics line replaces the live one

@@ -61,7 +61,7 @@ def test_signal_mid_reply_keeps_the_partial_reply(
     saved = tmp_path / "chat.toml"
     terminal.start([*lampchat_argv(), "--save-history", str(saved), "--system", SYSTEM],
                    isolated_env(home))
-    terminal.wait_for(re.compile(r"llama\.cpp · cpu"), 120, "the model to load")
+    terminal.wait_for(re.compile(r"· llama\.cpp · "), 120, "the model to load")
     terminal.type_text(LONG_PROMPT)
     terminal.send_keys("Enter")
 
