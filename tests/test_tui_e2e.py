@@ -4,7 +4,8 @@ One session, as a user would run it: send a prompt and watch the reply stream wi
 line, stop a long reply with Esc (the partial text stays, marked stopped, and the input works),
 open the model picker (F2) and the settings (F3) and leave them, then quit with Ctrl+Q: the
 process exits 0, the terminal is restored, no traceback reached the screen, the log went to
-the file `app.logs` names, and the conversation was auto-saved as it was shown.
+the file `app.logs` names, and the conversation was auto-saved as it was shown. And a
+conversation opened with `--load-history` is shown and continued with its context.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from app.history import load_conversation_file
+from app.history import Message, load_conversation_file, new_conversation, save_conversation_file
 from tests.tmux_driver import TmuxTerminal, isolated_env, lampchat_argv, tmux_binary
 from tests.tui_screen import (
     FINAL_META,
@@ -161,3 +162,42 @@ def test_chat_stop_picker_settings_and_quit_in_a_real_terminal(
     # and the prompts, for Up/Down recall next time
     recall = (home / ".local/state/lampchat/prompt_history").read_text()
     assert all(p in recall for p in (SHORT_PROMPT, LONG_PROMPT, AFTER_STOP_PROMPT))
+
+
+def test_load_history_continues_the_conversation_in_the_tui(
+    tmp_path: Path, terminal: TmuxTerminal
+) -> None:
+    """`lampchat --load-history F`: the conversation is shown, and the model sees it."""
+    home = tmp_path / "home"
+    write_config(home, max_tokens=24)
+    history = tmp_path / "secret.toml"
+    conv = new_conversation("You are a helpful assistant.")
+    conv.messages = [
+        Message("user", "Remember this: my secret number is 4417."),
+        Message("assistant", "Got it. Your secret number is 4417."),
+    ]
+    save_conversation_file(conv, history)
+    before = history.read_bytes()
+    saved = tmp_path / "continued.toml"
+    terminal.start([*lampchat_argv(), "--load-history", str(history), "--save-history",
+                    str(saved)], isolated_env(home))
+    screen = terminal.wait_for(re.compile(r"· llama\.cpp · "), LOAD_TIMEOUT_S,
+                               "the model to load")
+    assert "my secret number is 4417" in screen  # the loaded conversation is shown
+    question = "What is my secret number?"
+    terminal.type_text(question)
+    terminal.send_keys("Enter")
+    screen = terminal.wait_for(lambda s: len(assistant_replies(s)) == 2
+                               and FINAL_META.search(assistant_replies(s)[1].meta),
+                               REPLY_TIMEOUT_S, "the reply to the question")
+    assert "4417" in assistant_replies(screen)[1].body  # greedy: read back from the context
+    terminal.send_keys("C-q")
+    status, _state = terminal.wait_exit(60)
+    assert status == 0
+    assert history.read_bytes() == before  # --load-history never writes the file it reads
+    continued = load_conversation_file(saved)
+    assert [m.content for m in continued.messages[:3]] == [
+        "Remember this: my secret number is 4417.", "Got it. Your secret number is 4417.",
+        question]
+    assert "4417" in continued.messages[3].content
+    assert continued.system_prompt == "You are a helpful assistant."
