@@ -6,7 +6,7 @@ Without --model, the bundled SmolLM2 GGUF is converted to a float32 HF folder in
 directory first. Each engine runs in its own child process, so each peak RSS is its own.
 Reported: prompt processing (pp) tokens/s for a `--prompt`-token prompt, greedy decode
 tokens/s over `--decode` tokens after it (median of `--repeat` runs), peak RSS, and the size
-of the float32 weights. llama.cpp runs the default GGUF (Q4_1) with 2 threads.
+of the float32 weights. llama.cpp runs the default GGUF (Q4_1); both use `--threads` (2) threads.
 Targets (issue 5): decode >= 30 tok/s, pp >= 400 tok/s, peak RSS < 1.5 x float32 weights.
 """
 
@@ -39,6 +39,14 @@ TARGET_RSS_RATIO = 1.5
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. VmHWM belongs to the process's own memory map, whereas
+    getrusage's ru_maxrss also carries the parent's peak across fork + exec."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
@@ -51,7 +59,8 @@ def _prompt_ids(encode: Any, n: int) -> list[int]:
     return ids[:n]
 
 
-def child_native(model: str, n_prompt: int, n_decode: int, repeat: int) -> dict[str, Any]:
+def child_native(model: str, n_prompt: int, n_decode: int, repeat: int,
+                 threads: int) -> dict[str, Any]:
     """Load the model with the native backend and time pp and greedy decode."""
     import numpy as np
 
@@ -61,7 +70,7 @@ def child_native(model: str, n_prompt: int, n_decode: int, repeat: int) -> dict[
 
     backend = NativeBackend()
     started = time.perf_counter()
-    info = backend.load(model, LoadSettings(n_ctx=n_prompt + n_decode + 8))
+    info = backend.load(model, LoadSettings(n_ctx=n_prompt + n_decode + 8, n_threads=threads))
     load_s = time.perf_counter() - started
     rss_loaded = _peak_rss_mb()
     generator = backend._generator
@@ -88,13 +97,14 @@ def child_native(model: str, n_prompt: int, n_decode: int, repeat: int) -> dict[
         "peak_rss_mb": _peak_rss_mb(),
         "rss_after_load_mb": rss_loaded,
         "weights_f32_mb": info.n_params * 4 / 2**20,
-        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),
+        "blas_threads": threads,
         "numpy": np.__version__,
     }
 
 
-def child_llama_cpp(model: str, n_prompt: int, n_decode: int, repeat: int) -> dict[str, Any]:
-    """The same measurements with llama.cpp on the GGUF, 2 threads."""
+def child_llama_cpp(model: str, n_prompt: int, n_decode: int, repeat: int,
+                    threads: int) -> dict[str, Any]:
+    """The same measurements with llama.cpp on the GGUF, `threads` threads."""
     import contextlib
     import io
 
@@ -103,8 +113,8 @@ def child_llama_cpp(model: str, n_prompt: int, n_decode: int, repeat: int) -> di
 
     started = time.perf_counter()
     with contextlib.redirect_stderr(io.StringIO()):
-        llm = llama_cpp.Llama(model_path=model, n_ctx=n_prompt + n_decode + 8, n_threads=2,
-                              n_threads_batch=2, n_batch=512, verbose=False)
+        llm = llama_cpp.Llama(model_path=model, n_ctx=n_prompt + n_decode + 8, n_threads=threads,
+                              n_threads_batch=threads, n_batch=512, verbose=False)
     load_s = time.perf_counter() - started
     n_vocab = llm.n_vocab()
     ids = _prompt_ids(lambda t: llm.tokenize(t.encode(), add_bos=False), n_prompt)
@@ -131,7 +141,8 @@ def child_llama_cpp(model: str, n_prompt: int, n_decode: int, repeat: int) -> di
 
 def _run_child(kind: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, "--model", model, "--prompt",
-           str(args.prompt), "--decode", str(args.decode), "--repeat", str(args.repeat)]
+           str(args.prompt), "--decode", str(args.decode), "--repeat", str(args.repeat),
+           "--threads", str(args.threads)]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
         return {"engine": kind, "error": result.stderr.strip().splitlines()[-1:]}
@@ -154,13 +165,14 @@ def main() -> int:
     parser.add_argument("--prompt", type=int, default=256)
     parser.add_argument("--decode", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2, help="threads for both engines")
     parser.add_argument("--skip-llama-cpp", action="store_true")
     parser.add_argument("--child", choices=["native", "llama.cpp"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
         run = child_native if args.child == "native" else child_llama_cpp
-        print(json.dumps(run(args.model, args.prompt, args.decode, args.repeat)))
+        print(json.dumps(run(args.model, args.prompt, args.decode, args.repeat, args.threads)))
         return 0
 
     from engine.models import default_model_path
@@ -177,7 +189,8 @@ def main() -> int:
 
 def _report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print(f"\nprompt {args.prompt} tokens, decode {args.decode} tokens, median of {args.repeat}; "
-          f"load average {os.getloadavg()[0]:.2f} (a shared machine makes figures noisy)")
+          f"{args.threads} threads; load average {os.getloadavg()[0]:.2f} "
+          "(a shared machine makes figures noisy)")
     print(f"{'engine':24} {'pp tok/s':>9} {'decode tok/s':>13} {'peak RSS MB':>12} {'load s':>7}")
     for row in rows:
         if "error" in row:

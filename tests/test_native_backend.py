@@ -221,3 +221,15 @@ def test_lampchat_ask_picks_native_for_a_safetensors_folder(smollm2_hf_dir):
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_threads_setting_caps_numpys_blas_threads():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from engine.backends.native import limit_blas_threads
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    assert blas, "numpy's BLAS is visible to threadpoolctl"
+    with threadpool_limits(limits=None):  # restores the previous count afterwards
+        limit_blas_threads(1)
+        assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}

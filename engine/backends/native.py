@@ -31,6 +31,19 @@ _LOAD_SHARE = 0.8
 """Share of the load progress bar spent reading weights (the rest: fusing them)."""
 
 
+def limit_blas_threads(n: int) -> None:
+    """Cap the threads numpy's BLAS uses for the matrix products (process-wide).
+
+    OpenBLAS threads busy-wait, so more threads than free cores slows decoding a lot.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        log.warning("threadpoolctl is not installed; BLAS uses its default thread count")
+        return
+    threadpool_limits(limits=max(1, int(n)), user_api="blas")
+
+
 def _file_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
@@ -63,6 +76,8 @@ class NativeBackend(Backend):
                 f"{path} is {fmt}"
             )
         ops = ops_for_device(settings.device, settings.options)  # numpy, or OpenCL
+        if settings.n_threads:
+            limit_blas_threads(settings.n_threads)
         from engine.formats.loader import load_model
 
         started = time.perf_counter()
