@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "lampchat.tcss"
 MAX_RECENT = 8
 QUIT_TIMEOUT_S = 15.0
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,9 @@ class LampchatApp(App[int]):
         return screen
 
     async def on_mount(self) -> None:
+        # The engine thread needs the GIL for llama.cpp's abort callback many times per
+        # token; a short switch interval keeps the UI thread from stalling it for 5 ms a time.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.options.theme in self.available_themes:
             self.theme = self.options.theme
         elif self.options.theme:

@@ -157,13 +157,16 @@ class AssistantMessage(MessageView):
         self.data.state = "streaming"
         self.add_class("-streaming")
         self._stream = Markdown.get_stream(self.markdown)
-        self._timer = self.set_interval(FRAME_S, self._flush, name="reply-frame")
 
     def feed(self, text: str) -> None:
-        """Queue streamed text; it reaches the screen on the next frame."""
+        """Queue streamed text; it reaches the screen on the next frame. A frame is scheduled
+        only when text is waiting, so nothing wakes the UI while the model thinks."""
         self._pending.append(text)
+        if self._timer is None and self._stream is not None:
+            self._timer = self.set_timer(FRAME_S, self._flush, name="reply-frame")
 
     async def _flush(self) -> None:
+        self._timer = None
         if not self._pending or self._stream is None:
             return
         chunk = "".join(self._pending)
