@@ -312,7 +312,7 @@ class LampchatApp(App[int]):
             chat.show_loading(None)
         self.session.model = info
         self.session.context_limit = info.context_length if info else None
-        self.session.gpu_memory = self.gpu_memory(info)
+        self.session.gpu_memory = await asyncio.to_thread(self.gpu_memory, info)
         self.session.sample_rss()
         chat.set_model_label(self.model_label(info))
         chat.metrics_panel.refresh_metrics()

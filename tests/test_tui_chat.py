@@ -561,3 +561,37 @@ def test_save_history_refuses_a_foreign_file(config_file: Path, tmp_path: Path) 
     with pytest.raises(LampchatError, match="not overwritten"):
         build_app(tui_args("--config", str(config_file), "--save-history", str(target)))
     assert target.read_text() == "my notes, not a conversation\n"
+
+
+async def test_long_conversation_mounts_a_window_and_follow_stops_when_scrolled_up(
+        config_file: Path) -> None:
+    app = make_app(config_file, "scripted://slow?rate=60&tokens=2000")
+    app.options.log_window = 4
+    loaded = new_conversation()
+    for i in range(10):
+        loaded.messages += [Message("user", f"question {i}"), Message("assistant", f"answer {i}")]
+    app.options.load_history = loaded
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        log = chat.chat_log
+        assert len(log.query(UserMessage)) == 2 and log.hidden_count == 16
+        log.focus()
+        await pilot.press("home")
+        await wait_for(pilot, lambda: log.hidden_count == 12)
+        assert len(log.query(UserMessage)) == 4
+        await wait_for(pilot, lambda: log.scroll_y <= 0)
+        # a streaming reply is followed while the view is at the bottom...
+        chat.prompt.focus()
+        await pilot.press(*"go on", "enter")
+        await wait_for(pilot, lambda: chat.reply_view is not None
+                       and chat.reply_view.shown_chars > 300 and log.max_scroll_y > 0)
+        await pilot.pause(0.2)
+        assert log.scroll_y == log.max_scroll_y
+        # ...and not once the user scrolls up
+        log.scroll_to(y=0, animate=False)
+        await pilot.pause(0.5)
+        grown = chat.reply_view.shown_chars
+        await wait_for(pilot, lambda: chat.reply_view.shown_chars > grown + 100)
+        assert log.scroll_y == 0 < log.max_scroll_y
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: chat.generation is None)

@@ -259,6 +259,11 @@ class ChatLog(VerticalScroll):
     def on_mount(self) -> None:
         self.anchor()
 
+    async def action_scroll_home(self) -> None:
+        """Home: load the older messages first (if any are not mounted), then go to the top."""
+        await self.load_earlier()
+        self.scroll_home(animate=False)
+
     def _earlier_label(self) -> str:
         return f"▲ {self._first_mounted} earlier messages (click, or Home to load)"
 

@@ -235,6 +235,7 @@ class ChatScreen(Screen[None]):
         except (ValueError, LampchatError) as exc:
             self.notify(f"cannot start a reply: {exc}", severity="error")
             return
+        self.chat_log.anchor()  # a new reply is followed again, even after scrolling up
         view = cast(AssistantMessage, await self.chat_log.add(MessageData("assistant", "")))
         view.start_stream()
         self.generation = generation
