@@ -216,3 +216,20 @@ def test_bench_remote_server(tmp_path: Path, default_gguf: Path):
     (r,) = load_report(out)["results"]
     assert r["status"] == "failed" and "127.0.0.1" in r["error"]
     assert "Traceback" not in proc.stderr
+
+
+def test_all_models_from_the_catalog(tmp_path: Path, default_gguf: Path):
+    """--all-models: the default model and every model under model.dirs (a damaged one is a
+    failed row)."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "damaged.gguf").write_bytes(b"GGUF" + b"\0" * 12)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[model]\ndirs = ["{models.as_posix()}"]\n')
+    out = tmp_path / "all.json"
+    proc = run_lampchat("bench", "--config", str(config), "--all-models", "-b", "llama.cpp",
+                        "-d", "cpu", "--no-raw", "-r", "1", "-p", "32", "-n", "4", "--ctx", "512",
+                        "--json", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = [(Path(r["model_path"]).name, r["status"]) for r in load_report(out)["results"]]
+    assert rows == [(default_gguf.name, "ok"), ("damaged.gguf", "failed")]

@@ -97,6 +97,9 @@ def add_parser(subparsers: Any) -> None:
     pick = parser.add_argument_group("what to measure (repeat or comma-separate; default: all)")
     pick.add_argument("--model", "-m", action="append", metavar="PATH",
                       help="model file or folder (default: the bundled SmolLM2-135M-Instruct)")
+    pick.add_argument("--all-models", action="store_true",
+                      help="every local model Lampchat knows: the default one and those under "
+                      "the config's model.dirs (as `lampchat models` lists them)")
     pick.add_argument("--backend", "-b", action="append", metavar="NAME",
                       help="backend (default: every backend that reads the model's format)")
     pick.add_argument("--device", "-d", action="append", metavar="DEV",
@@ -126,7 +129,8 @@ def add_parser(subparsers: Any) -> None:
                         help="environment variable holding the server's API key")
     remote.add_argument("--endpoint", metavar="NAME",
                         help="a [remote.NAME] endpoint from the config")
-    parser.add_argument("--config", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (model.dirs for --all-models, [remote] endpoints)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     out.add_argument("--markdown", metavar="FILE", help="write the tables as Markdown")
@@ -157,8 +161,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     backends = _split(args.backend)
+    models = _split(args.model)
+    if args.all_models:
+        models += [m for m in _catalog_models(args.config) if m not in models]
     config = BenchConfig(
-        models=_split(args.model), backends=backends, devices=_split(args.device),
+        models=models, backends=backends, devices=_split(args.device),
         remote=_remote_options(args, backends),
         repetitions=args.repetitions, pp=tuple(args.n_prompt), tg=args.n_gen,
         threads=args.threads, n_ctx=args.ctx, raw=not args.no_raw, timeout_s=args.timeout,
@@ -174,6 +181,15 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_text(to_markdown(report, old), args.markdown)
     return 0 if any(r.get("status") == "ok" for r in report["results"]) else 1
+
+
+def _catalog_models(config_file: str | None) -> list[str]:
+    """The paths of the local models in the catalog (default model first)."""
+    from app.config import load_config
+    from app.model_catalog import list_models
+
+    entries = list_models(load_config(config_file, create=False), include_remote=False)
+    return [e.path for e in entries if e.path and e.format != "remote"]
 
 
 def _remote_options(args: argparse.Namespace, backends: list[str]) -> dict[str, Any]:
