@@ -215,12 +215,21 @@ def test_lampchat_ask_with_the_native_backend_on_the_gguf(default_gguf):
     assert data["completion_tokens"] > 0 and data["decode_tps"] > 0
 
 
-def test_lampchat_ask_picks_native_for_a_safetensors_folder(smollm2_hf_dir):
-    result = run_lampchat("ask", "--model", str(smollm2_hf_dir), "--temperature", "0",
-                          "--max-tokens", "24", "What is the capital of France?")
+def test_lampchat_ask_native_on_the_converted_folder(smollm2_hf_dir):
+    """`lampchat ask --backend native` on the converted float32 SmolLM2; a safetensors folder
+    picks the native backend by itself."""
+    from engine.models import resolve_backend
+
+    assert resolve_backend(str(smollm2_hf_dir)) == "native"
+    result = run_lampchat("ask", "--backend", "native", "--model", str(smollm2_hf_dir),
+                          "--json", "--temperature", "0", "--max-tokens", "48", "--threads", "2",
+                          "What is the capital of France?")
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
     assert "Traceback" not in result.stderr
+    data = json.loads(result.stdout)
+    assert (data["backend"], data["device"]) == ("native", "cpu")
+    assert "Paris" in data["text"] and data["finish_reason"] == "stop"
+    assert data["prompt_tokens"] > 0 and data["decode_tps"] > 0
 
 
 def test_threads_setting_caps_numpys_blas_threads():
