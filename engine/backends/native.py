@@ -75,6 +75,8 @@ class NativeBackend(Backend):
                 "the native backend reads GGUF, safetensors and PyTorch checkpoints; "
                 f"{path} is {fmt}"
             )
+        if settings.device not in ("auto", "cpu"):
+            report(0.0, "opening the device")  # OpenCL compiles its kernels here
         ops = ops_for_device(settings.device, settings.options)  # numpy, or OpenCL
         if settings.n_threads:
             limit_blas_threads(settings.n_threads)
