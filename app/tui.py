@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -43,6 +45,8 @@ CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "lampchat.tcss"
 MAX_RECENT = 8
 QUIT_TIMEOUT_S = 15.0
 SWITCH_INTERVAL_S = 0.0005
+EXIT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                     if hasattr(signal, n))
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class TuiOptions:
     skip_initial_load: bool = False
     load_history: Conversation | None = None
     """The conversation to start with (--load-history), already read."""
+    forced_exit_s: float | None = None
+    """After a signal, end the process this many seconds later if it has not exited (the
+    `lampchat` command sets it; None in tests)."""
 
 
 class LoadProgress(Message):
@@ -150,6 +157,12 @@ class LampchatApp(App[int]):
         self._engine_closed = False
         self._models_cache: list[ModelSpec] | None = None
         self._saved_theme = self.options.theme
+        self.signalled: int | None = None
+        """The signal that asked the app to quit, if any."""
+        self.exited = threading.Event()
+        """Set once the app has fully exited (cancels the signal watchdog)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._previous_handlers: dict[int, Any] = {}
         self.startup_warnings: list[str] = []
         """Config problems to show once the app is up."""
 
@@ -178,10 +191,11 @@ class LampchatApp(App[int]):
         for warning in self.startup_warnings[:5]:
             self.notify(warning, title="Config", severity="warning", timeout=10)
         self.theme_changed_signal.subscribe(self, self._on_theme_changed)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signum, self._on_signal)
+        self._loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for signum in EXIT_SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     async def chat_ready(self, chat: ChatScreen) -> None:
         """Called once the chat screen is mounted: show a conversation, load the model."""
@@ -206,8 +220,38 @@ class LampchatApp(App[int]):
             return conversation
         return self.store.new(self.options.system_prompt)
 
-    def _on_signal(self) -> None:
-        self.call_later(self.action_quit)
+    def _on_signal(self, signum: int, frame: Any = None) -> None:
+        """SIGINT/SIGTERM/SIGHUP: stop the reply, save it (interrupted), exit.
+
+        A plain Python handler, not the event loop's: when the terminal is gone, Textual's
+        output thread dies and the loop can block on a write, yet this still runs (lock waits
+        are interrupted by signals). It asks the loop to quit; with `forced_exit_s` set, a
+        watchdog thread saves the session and ends the process if that has not happened by
+        then (the terminal cannot be restored anyway).
+        """
+        first = self.signalled is None
+        self.signalled = signum
+        generation = self.chat.generation if self.screen_stack else None
+        if generation is not None:
+            generation.cancel()  # thread-safe
+        if first and self.options.forced_exit_s is not None:
+            threading.Thread(target=self._watchdog, args=(signum, self.options.forced_exit_s),
+                             daemon=True, name="lampchat-exit").start()
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(self.call_later, self.action_quit)
+
+    def _watchdog(self, signum: int, delay: float) -> None:
+        if self.exited.wait(delay):
+            return
+        log.error("no clean exit %.0f s after signal %d (terminal gone?); saving and exiting",
+                  delay, signum)
+        self.save_session()
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(128 + signum)
 
     # ---------------------------------------------------------------- helpers
 
@@ -607,7 +651,7 @@ class LampchatApp(App[int]):
             await asyncio.wait_for(self.shutdown_engine(), QUIT_TIMEOUT_S)
         except asyncio.TimeoutError:
             log.error("the engine did not stop within %.0f s", QUIT_TIMEOUT_S)
-        self.exit(0)
+        self.exit(128 + self.signalled if self.signalled else 0)
 
     async def shutdown_engine(self) -> None:
         """Cancel the running reply (it is saved, marked stopped), close the engine thread."""
@@ -630,6 +674,10 @@ class LampchatApp(App[int]):
             log.exception("saving the session failed")
 
     async def on_unmount(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
         if not self._engine_closed:
             try:
                 await asyncio.wait_for(self.engine.close(), QUIT_TIMEOUT_S)

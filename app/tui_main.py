@@ -16,6 +16,10 @@ from engine.errors import LampchatError
 
 log = logging.getLogger(__name__)
 
+FORCED_EXIT_S = 10.0
+"""After SIGINT/SIGTERM/SIGHUP, the process ends this long after if it could not exit cleanly
+(its terminal is gone); everything is saved first."""
+
 
 def options_from_config(config: Any, base: TuiOptions | None = None) -> TuiOptions:
     """TuiOptions from an `app.config.Config` (CLI flags go on top, see `options_from_args`)."""
@@ -99,10 +103,14 @@ def run_tui(args: argparse.Namespace) -> int:
     marked interrupted, and `--save-history` is written.
     """
     app = build_app(args)
+    app.options.forced_exit_s = FORCED_EXIT_S
     try:
         result = app.run()
     finally:
         app.save_session()
+        app.exited.set()
+    if app.signalled is not None:
+        return 128 + app.signalled
     if app.return_code not in (None, 0):
         print("lampchat: the TUI stopped on an error (details in the log file)", file=sys.stderr)
         return int(app.return_code or 1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -544,8 +546,9 @@ async def test_quit_mid_reply_saves_it_interrupted(config_file: Path, tmp_path: 
         await pilot.press(*"go", "enter")
         await wait_for(pilot, lambda: chat.reply_view is not None
                        and chat.reply_view.shown_chars > 10)
-        app._on_signal()  # what SIGTERM / SIGHUP / SIGINT do
+        os.kill(os.getpid(), signal.SIGTERM)  # the app's own handler takes it
         await wait_for(pilot, lambda: app._engine_closed, timeout=10)
+    assert app.signalled == signal.SIGTERM and app.return_code == 128 + signal.SIGTERM
     saved = load_conversation_file(out)
     assert [m.role for m in saved.messages] == ["user", "assistant"]
     assert saved.messages[1].interrupted and saved.messages[1].content
