@@ -191,8 +191,17 @@ async def test_through_the_worker_metrics_have_the_same_fields_as_llama_cpp(
         assert info.backend == "native"
         generation = worker.generate(ESSAY, replace(GREEDY, max_tokens=24))
         pieces = [piece async for piece in generation]
+        # cancel through the worker: the reply stops within a token and says so
+        cancelled = worker.generate(ESSAY, replace(GREEDY, max_tokens=400))
+        received = 0
+        async for piece in cancelled:
+            received += piece.n_tokens
+            if received >= 3:
+                cancelled.cancel()
     finally:
         await worker.close()
+    assert cancelled.metrics.finish_reason == "cancelled", cancelled.error
+    assert 3 <= cancelled.metrics.completion_tokens <= 5
     ours, theirs = generation.metrics.to_dict(), llama_cpp_metrics.to_dict()
     assert set(ours) == set(theirs)
     populated = {k for k, v in theirs.items() if v not in (None, 0, 0.0, "", False)}
