@@ -255,6 +255,8 @@ class _Case:
         n_warm = max(spec.pp)
         await self.warm_up(pp_prompts[(-1, n_warm, "lampchat")], pp_prompts[(-1, n_warm, "raw")])
         self.done += 1
+        paths = 2 if self.raw is not None else 1  # the raw baseline may have failed to warm up
+        self.steps = 2 + spec.repetitions * len(tests) * paths
 
         for rep in range(spec.repetitions):
             for test in tests:
