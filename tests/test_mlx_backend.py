@@ -33,8 +33,7 @@ def test_greedy_agrees_with_native(mlx_backend: MLXBackend, smollm2_greedy_refer
     assert list(mlx_backend.generate_ids(prompt_ids, GREEDY)) == expected
 
 
-def test_multi_turn_cache_matches_a_cold_start(mlx_backend: MLXBackend,
-                                               smollm2_hf_dir: Path) -> None:
+def test_multi_turn_cache_matches_a_cold_start(mlx_backend: MLXBackend) -> None:
     turn1 = [ChatMessage("user", "Name a colour.")]
     short = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=12)
     reply = "".join(p.text for p in mlx_backend.stream(turn1, short, StreamStats()))
@@ -43,12 +42,8 @@ def test_multi_turn_cache_matches_a_cold_start(mlx_backend: MLXBackend,
     kept = mlx_backend._reuse_cache(mlx_backend.tokenize_prompt(turn2))
     assert kept >= len(mlx_backend.tokenize_prompt(turn1))
     warm = "".join(p.text for p in mlx_backend.stream(turn2, short, StreamStats()))
-    cold_backend = MLXBackend()
-    cold_backend.load(str(smollm2_hf_dir), LoadSettings(n_ctx=512, device="cpu"))
-    try:
-        cold = "".join(p.text for p in cold_backend.stream(turn2, short, StreamStats()))
-    finally:
-        cold_backend.unload()
+    mlx_backend.reset_cache()  # cold: forget the cached conversation
+    cold = "".join(p.text for p in mlx_backend.stream(turn2, short, StreamStats()))
     assert warm == cold and warm
 
 
@@ -160,8 +155,15 @@ def test_bad_inputs_get_clear_errors(tmp_path: Path, smollm2_hf_dir: Path,
     assert len(result.stderr.strip().splitlines()) == 1 and "mlx-lm cannot load" in result.stderr
 
 
-def test_ask_cli_with_mlx(smollm2_hf_dir: Path) -> None:
-    result = run_lampchat("ask", "-m", str(smollm2_hf_dir), "--backend", "mlx", "--temperature",
-                          "0", "--max-tokens", "16", "What is the capital of France?")
+def test_ask_cli_picks_mlx_from_the_config(tmp_path: Path, smollm2_hf_dir: Path) -> None:
+    import json
+
+    config = tmp_path / "config.toml"
+    config.write_text('[backend]\ndefault = "mlx"\n')
+    result = run_lampchat("ask", "--json", "--config", str(config), "-m", str(smollm2_hf_dir),
+                          "--temperature", "0", "--max-tokens", "16",
+                          "What is the capital of France?")
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
+    reply = json.loads(result.stdout)
+    assert reply["backend"] == "mlx" and "Paris" in reply["text"]
+    assert reply["decode_tps"] > 0 and reply["prompt_tps"] > 0

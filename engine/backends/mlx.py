@@ -8,8 +8,10 @@ sampler and logits processors.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -61,6 +63,17 @@ def import_mlx() -> tuple[Any, Any]:
             f"the MLX backend needs mlx and mlx-lm ({INSTALL_HINT}): {exc}"
         ) from exc
     return mx, mlx_lm
+
+
+def release_heap() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim; no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def mlx_device(mx: Any, device: str) -> Any:
@@ -200,6 +213,7 @@ class MLXBackend(Backend):
         gc.collect()
         if self._mx is not None:
             self._mx.clear_cache()
+        release_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`, rendered with the model's chat template."""
@@ -287,6 +301,10 @@ class MLXBackend(Backend):
             if last is not None:
                 log.info("mlx: prompt %.1f tok/s, decode %.1f tok/s, peak %.3f GB",
                          last.prompt_tps, last.generation_tps, last.peak_memory)
+
+    def reset_cache(self) -> None:
+        """Forget the cached conversation."""
+        self._cache, self._cache_tokens = None, []
 
     def _reuse_cache(self, tokens: Sequence[int]) -> int:
         """Trim the KV cache to its common prefix with `tokens` (at most all but the last
