@@ -119,7 +119,7 @@ def save_legacy(path: Path, obj: Any, storages: list[Storage]) -> Path:
         fh.write(dumps(obj, legacy=True))
         fh.write(pickle.dumps([s.key for s in storages], protocol=2))
         for storage in storages:
-            fh.write(struct.pack("<q", storage.numel))
+            fh.write(struct.pack("<q", storage.data.size))  # what is stored, not the claim
             fh.write(storage.data.tobytes())
     return path
 
