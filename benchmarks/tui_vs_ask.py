@@ -111,7 +111,7 @@ def run_tui(args: argparse.Namespace, home: Path, work: Path) -> Run:
         if status != 0:
             raise SystemExit(f"the TUI exited with status {status}:\n{terminal.last_screen}")
     finally:
-        terminal.kill_server()
+        terminal.close()
     reply = load_conversation_file(saved).messages[-1]
     metrics = reply.metrics or {}
     return Run(float(metrics["decode_tps"]), int(metrics["completion_tokens"]),

@@ -44,7 +44,7 @@ def terminal(tmp_path: Path) -> Iterator[TmuxTerminal]:
     try:
         yield term
     finally:
-        term.kill_server()
+        term.close()
 
 
 def test_chat_stop_picker_settings_and_quit_in_a_real_terminal(

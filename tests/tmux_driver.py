@@ -10,6 +10,7 @@ poll works.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -78,6 +79,8 @@ class TmuxTerminal:
         self.conf.write_text(TMUX_CONF)
         self.target = "main:0.0"
         self.last_screen = ""
+        self._processes: list[psutil.Process] = []
+        """The wrapping shell and the program, to reap in `close`."""
 
     # ------------------------------------------------------------------ tmux
 
@@ -99,6 +102,8 @@ class TmuxTerminal:
             "new-session", "-d", "-s", "main", "-x", str(self.width), "-y", str(self.height),
             "-c", str(cwd), "--", "sh", "-c", _WRAPPER, "sh", *argv, env=full_env,
         )
+        with contextlib.suppress(psutil.Error, subprocess.SubprocessError, ValueError):
+            self._processes.append(psutil.Process(self.state().pid))
 
     def program_pid(self, timeout: float = 10.0) -> int:
         """The program's process id (the wrapping shell's child)."""
@@ -107,6 +112,7 @@ class TmuxTerminal:
         while True:
             children = shell.children()
             if children:
+                self._processes.append(children[0])
                 return children[0].pid
             if time.monotonic() > deadline:
                 raise AssertionError("the program did not start")
@@ -119,6 +125,19 @@ class TmuxTerminal:
         socket_path = found.stdout.strip() if found.returncode == 0 else ""
         if socket_path and Path(socket_path).name == self.socket:
             Path(socket_path).unlink(missing_ok=True)
+
+    def close(self, grace: float = 10.0) -> None:
+        """Kill the tmux server, then make sure the program is gone too: a program that
+        outlives its terminal (SIGHUP) for `grace` seconds is killed, never left behind."""
+        processes = list(self._processes)
+        for process in self._processes:
+            with contextlib.suppress(psutil.Error):
+                processes.extend(process.children(recursive=True))
+        self.kill_server()
+        _gone, alive = psutil.wait_procs(processes, timeout=grace)
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
     def send_keys(self, *keys: str) -> None:
         """Send tmux key names (Enter, Escape, F2, C-q, Up, ...)."""
