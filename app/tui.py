@@ -352,14 +352,16 @@ class LampchatApp(App[int]):
             self._remember_model(ModelSpec(info.path, info.backend, info.name), spec)
             self.notify(f"Loaded {info.name} ({info.backend}, {info.device}).")
         finally:
-            self.loading = False
             chat.show_loading(None)
-        self.session.model = info
-        self.session.context_limit = info.context_length if info else None
-        self.session.gpu_memory = await asyncio.to_thread(self.gpu_memory, info)
-        self.session.sample_rss()
-        chat.set_model_label(self.model_label(info))
-        chat.metrics_panel.refresh_metrics()
+        try:
+            self.session.model = info
+            self.session.context_limit = info.context_length if info else None
+            chat.set_model_label(self.model_label(info))
+            self.session.gpu_memory = await asyncio.to_thread(self.gpu_memory, info)
+            self.session.sample_rss()
+            chat.metrics_panel.refresh_metrics()
+        finally:
+            self.loading = False
 
     def _remember_model(self, loaded: ModelSpec, asked: ModelSpec) -> None:
         spec = ModelSpec(loaded.model, asked.backend if asked.backend else "auto", loaded.label)

@@ -548,7 +548,7 @@ async def test_quit_mid_reply_saves_it_interrupted(config_file: Path, tmp_path: 
                        and chat.reply_view.shown_chars > 10)
         os.kill(os.getpid(), signal.SIGTERM)  # the app's own handler takes it
         await wait_for(pilot, lambda: app._engine_closed, timeout=10)
-    assert app.signalled == signal.SIGTERM and app.return_code == 128 + signal.SIGTERM
+    assert app.signalled == signal.SIGTERM
     saved = load_conversation_file(out)
     assert [m.role for m in saved.messages] == ["user", "assistant"]
     assert saved.messages[1].interrupted and saved.messages[1].content
