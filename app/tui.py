@@ -12,7 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -44,7 +43,6 @@ log = logging.getLogger(__name__)
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "lampchat.tcss"
 MAX_RECENT = 8
 QUIT_TIMEOUT_S = 15.0
-SWITCH_INTERVAL_S = 0.0005
 EXIT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, n))
 
@@ -179,9 +177,6 @@ class LampchatApp(App[int]):
         return screen
 
     async def on_mount(self) -> None:
-        # The engine thread needs the GIL for llama.cpp's abort callback many times per
-        # token; a short switch interval keeps the UI thread from stalling it for 5 ms a time.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
         if self.options.theme in self.available_themes:
             self.theme = self.options.theme
         elif self.options.theme:
