@@ -598,3 +598,30 @@ async def test_long_conversation_mounts_a_window_and_follow_stops_when_scrolled_
         assert log.scroll_y == 0 < log.max_scroll_y
         await pilot.press("escape")
         await wait_for(pilot, lambda: chat.generation is None)
+
+
+async def test_sidebar_resumes_a_conversation_saved_by_an_earlier_session(
+        config_file: Path, tmp_path: Path) -> None:
+    earlier = HistoryStore(tmp_path / "history")
+    conv = earlier.create(system_prompt="Be terse.")
+    earlier.append(conv, "user", "old question")
+    earlier.append(conv, "assistant", "old answer", model="demo", backend="scripted",
+                   metrics={"completion_tokens": 2, "decode_tps": 10.0, "ttft_ms": 5.0})
+    app = make_app(config_file, "scripted://echo?rate=0&echo=1")
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await pilot.press("ctrl+b")
+        sidebar = chat.query_one(ConversationSidebar)
+        await wait_for(pilot, lambda: "old question" in [s.title for s in sidebar.summaries])
+        sidebar.list_view.index = [s.title for s in sidebar.summaries].index("old question")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.conversation.id == conv.id)
+        assert chat.conversation.system_prompt == "Be terse."
+        old_view = chat.chat_log.last_view("assistant")
+        assert old_view.data.content == "old answer" and "10.0 tok/s" in meta(old_view)
+        await send(pilot, "new question")
+        assert chat.conversation.chat_messages()[0].content == "Be terse."
+    saved = load_conversation_file(conv.path)
+    assert [m.content for m in saved.messages][:3] == ["old question", "old answer",
+                                                       "new question"]
+    assert saved.messages[3].content.startswith("You said: new question")
