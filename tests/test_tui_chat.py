@@ -625,3 +625,16 @@ async def test_sidebar_resumes_a_conversation_saved_by_an_earlier_session(
     assert [m.content for m in saved.messages][:3] == ["old question", "old answer",
                                                        "new question"]
     assert saved.messages[3].content.startswith("You said: new question")
+
+
+async def test_ctrl_j_inserts_a_newline_and_enter_sends(config_file: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        chat.prompt.focus()
+        await pilot.press("a", "ctrl+j", "b")
+        assert chat.prompt.text == "a\nb"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.generation is None
+                       and len(chat.conversation.messages) == 2)
+        assert chat.conversation.messages[0].content == "a\nb"
