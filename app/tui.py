@@ -43,6 +43,12 @@ log = logging.getLogger(__name__)
 CSS_FILE = Path(__file__).resolve().parent.parent / "assets" / "lampchat.tcss"
 MAX_RECENT = 8
 QUIT_TIMEOUT_S = 15.0
+SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "min_p", "repeat_penalty",
+                           "max_tokens", "seed"})
+"""[generation] keys that are SamplingParams fields of the same name."""
+LOAD_KEYS = {"generation.context_length": "n_ctx", "backend.threads": "n_threads",
+             "backend.gpu_layers": "n_gpu_layers", "backend.device": "device"}
+"""Config keys -> LoadSettings fields (used from the next model load)."""
 EXIT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, n))
 
@@ -469,20 +475,33 @@ class LampchatApp(App[int]):
             )
 
     def apply_config(self, config: Any, changed: set[str]) -> None:
-        """Apply settings that take effect without a reload (sampling, system prompt, theme)."""
+        """Apply the changed keys (F3, /set) on top of what is in use: sampling, system
+        prompt and theme live; load settings for the next load. Keys that did not change keep
+        their current values, command-line flags included."""
         from app.tui_main import options_from_config
 
         fresh = options_from_config(config, self.options)
-        self.options.config = config
-        self.options.sampling = fresh.sampling
-        self.options.system_prompt = fresh.system_prompt
-        self.options.load = fresh.load
-        self.options.backend = fresh.backend
-        self.options.show_metrics = fresh.show_metrics
+        options = self.options
+        options.config = config
+        sampling = {k.split(".", 1)[1]: getattr(fresh.sampling, k.split(".", 1)[1])
+                    for k in changed if k.split(".", 1)[1] in SAMPLING_KEYS
+                    and k.startswith("generation.")}
+        if sampling:
+            options.sampling = replace(options.sampling, **sampling)
+        load = {field: getattr(fresh.load, field) for key, field in LOAD_KEYS.items()
+                if key in changed}
+        if load:
+            options.load = replace(options.load, **load)
+        if "generation.system_prompt" in changed:
+            options.system_prompt = fresh.system_prompt
+        if "backend.default" in changed:
+            options.backend = fresh.backend
+        if "model.default" in changed:
+            options.model = fresh.model
         if "ui.theme" in changed and fresh.theme in self.available_themes:
-            self._saved_theme = fresh.theme
             self.theme = fresh.theme
         if "ui.show_metrics" in changed:
+            options.show_metrics = fresh.show_metrics
             self.chat.metrics_panel.display = fresh.show_metrics
         self._models_cache = None
 

@@ -638,3 +638,17 @@ async def test_ctrl_j_inserts_a_newline_and_enter_sends(config_file: Path) -> No
         await wait_for(pilot, lambda: chat.generation is None
                        and len(chat.conversation.messages) == 2)
         assert chat.conversation.messages[0].content == "a\nb"
+
+
+async def test_set_changes_only_that_key_and_keeps_command_line_flags(config_file: Path) -> None:
+    app = build_app(tui_args("--config", str(config_file), "--model", FAST, "--backend",
+                             "scripted", "--max-tokens", "7", "--threads", "1"))
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await send(pilot, "/set temperature 0.3")
+        await send(pilot, "/set top_k 5")
+        assert app.options.sampling.temperature == 0.3 and app.options.sampling.top_k == 5
+        assert app.options.sampling.max_tokens == 7 and app.options.load.n_threads == 1
+        assert app.options.backend == "scripted"
+        await send(pilot, "/set ctx 2048")
+        assert app.options.load.n_ctx == 2048 and app.options.load.n_threads == 1
