@@ -90,6 +90,9 @@ class TuiOptions:
     skip_initial_load: bool = False
     load_history: Conversation | None = None
     """The conversation to start with (--load-history), already read."""
+    quiet_errors: bool = False
+    """On an exception nothing handled, log it and exit with a one-line message instead of
+    Textual's on-screen traceback (the `lampchat` command sets it; tests keep Textual's)."""
     forced_exit_s: float | None = None
     """After a signal, end the process this many seconds later if it has not exited (the
     `lampchat` command sets it; None in tests)."""
@@ -161,6 +164,8 @@ class LampchatApp(App[int]):
         self._engine_closed = False
         self._models_cache: list[ModelSpec] | None = None
         self._saved_theme = self.options.theme
+        self.unexpected_error: str | None = None
+        """What ended the app, when an exception nothing handled did."""
         self.signalled: int | None = None
         """The signal that asked the app to quit, if any."""
         self.exited = threading.Event()
@@ -652,6 +657,21 @@ class LampchatApp(App[int]):
                 self.notify("Reload the model to apply this (command palette: Reload model).")
         elif action == "clear":
             self.notify(result.message or "New conversation.")
+
+    # ---------------------------------------------------------------- errors
+
+    def _handle_exception(self, error: Exception) -> None:
+        """An exception nothing handled: Textual would print a traceback and exit. Here it
+        goes to the log file, the session is saved and the app exits with a one-line
+        message (app/tui_main.py prints it)."""
+        if not self.options.quiet_errors:
+            super()._handle_exception(error)
+            return
+        log.error("unexpected error: %s", error, exc_info=error)
+        self.unexpected_error = f"{type(error).__name__}: {error}"
+        self._return_code = 1
+        self.save_session()
+        self._close_messages_no_wait()
 
     # ------------------------------------------------------------------ quit
 

@@ -104,6 +104,7 @@ def run_tui(args: argparse.Namespace) -> int:
     """
     app = build_app(args)
     app.options.forced_exit_s = FORCED_EXIT_S
+    app.options.quiet_errors = True
     try:
         result = app.run()
     finally:
@@ -112,6 +113,8 @@ def run_tui(args: argparse.Namespace) -> int:
     if app.signalled is not None:
         return 128 + app.signalled
     if app.return_code not in (None, 0):
-        print("lampchat: the TUI stopped on an error (details in the log file)", file=sys.stderr)
+        what = f": {app.unexpected_error}" if app.unexpected_error else ""
+        print(f"lampchat: the TUI stopped on an unexpected error{what} (details in the log "
+              "file; the conversation was saved)", file=sys.stderr)
         return int(app.return_code or 1)
     return int(result or 0)

@@ -652,3 +652,25 @@ async def test_set_changes_only_that_key_and_keeps_command_line_flags(config_fil
         assert app.options.backend == "scripted"
         await send(pilot, "/set ctx 2048")
         assert app.options.load.n_ctx == 2048 and app.options.load.n_threads == 1
+
+
+async def test_unexpected_error_exits_without_a_traceback_and_saves(
+        config_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: ChatScreen) -> None:
+        raise RuntimeError("boom in a handler")
+
+    monkeypatch.setattr(ChatScreen, "action_copy_reply", broken)
+    out = tmp_path / "out.toml"
+    app = make_app(config_file, save_history=out)
+    app.options.quiet_errors = True  # what `lampchat` does
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        await send(pilot, "keep me")
+        app.call_later(app.chat.action_copy_reply)  # fails inside the app's message loop
+        for _ in range(200):  # not pilot.pause: the app is closing its message loops
+            if app.return_code == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert app.unexpected_error == "RuntimeError: boom in a handler"
+    assert app._exit_renderables == []  # nothing printed on the terminal
+    assert [m.content for m in load_conversation_file(out).messages] == ["keep me", REPLY]
