@@ -33,8 +33,10 @@ OPSET = 23
 IR_VERSION = 11
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-EXTERNAL_DATA_ABOVE = 1_800_000_000
-"""Weights larger than this go to an external data file (protobuf caps a file at 2 GB)."""
+EXTERNAL_DATA_ABOVE = 64 * 2**20
+"""Weights larger than this go to an external data file next to model.onnx: protobuf caps a
+file at 2 GB, and onnxruntime maps external data instead of parsing it (measured on SmolLM2:
+session peak RSS 681 MB instead of 878 MB, load 6.5 s instead of 10 s)."""
 
 
 @dataclass
@@ -269,7 +271,7 @@ def _bias(weights: dict[str, np.ndarray], name: str, size: int) -> np.ndarray:
 
 
 def save_model(model: Any, folder: Path) -> None:
-    """Write `model.onnx` into `folder`, with external data when it is too big for one file."""
+    """Write `model.onnx` into `folder`, its weights in `model.onnx.data` when they are large."""
     onnx = _import_onnx()
     size = sum(len(t.raw_data) for t in model.graph.initializer)
     path = folder / MODEL_FILE
@@ -289,9 +291,9 @@ def export_onnx(
 ) -> OnnxExportResult:
     """Export the LLaMA-family model at `src` (GGUF, safetensors, PyTorch) to an ONNX folder.
 
-    Writes model.onnx (+ model.onnx.data when large), config.json, generation_config.json,
-    tokenizer.json and tokenizer_config.json into `out_dir`, through a temporary folder, so that a
-    failed export leaves nothing half-written.
+    Writes model.onnx (+ model.onnx.data with the weights when large), config.json,
+    generation_config.json, tokenizer.json and tokenizer_config.json into `out_dir`, through a
+    temporary folder, so that a failed export leaves nothing half-written.
     """
     _import_onnx()
     from engine.convert import write_configs
@@ -353,4 +355,6 @@ def _mark_onnx_config(path: Path, int8: bool) -> None:
     config["torch_dtype"] = "float32"
     config["lampchat_onnx"] = {"file": MODEL_FILE, "opset": OPSET,
                                "weights": "int8" if int8 else "float32"}
+    if int8:  # what model pickers read; MLX's own key is "quantization", so no clash
+        config["quantization_config"] = {"quant_method": "int8 per channel", "bits": 8}
     path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

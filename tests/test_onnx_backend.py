@@ -29,7 +29,9 @@ def test_export_writes_the_convention(smollm2_onnx_dir: Path) -> None:
     import onnx
 
     names = {p.name for p in smollm2_onnx_dir.iterdir()}
-    assert {"model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {"model.onnx", "model.onnx.data", "config.json", "tokenizer.json",
+            "tokenizer_config.json"} <= names
+    assert (smollm2_onnx_dir / "model.onnx").stat().st_size < 2**20  # the weights are external
     model = onnx.load(str(smollm2_onnx_dir / "model.onnx"), load_external_data=False)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
@@ -166,9 +168,14 @@ def test_bad_files_get_one_line_errors(tmp_path: Path, smollm2_onnx_dir: Path) -
     # a truncated model file, through the CLI: one line, no traceback
     broken = tmp_path / "broken"
     broken.mkdir()
-    data = (smollm2_onnx_dir / "model.onnx").read_bytes()[:5_000_000]
-    (broken / "model.onnx").write_bytes(data)
-    shutil.copy(smollm2_onnx_dir / "config.json", broken / "config.json")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(smollm2_onnx_dir / name, broken / name)
+    # the graph without its external weights file
+    shutil.copy(smollm2_onnx_dir / "model.onnx", broken / "model.onnx")
+    with pytest.raises(ModelLoadError, match="onnxruntime cannot load"):
+        OnnxBackend().load(str(broken), LoadSettings())
+    data = (smollm2_onnx_dir / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 2])
     result = run_lampchat("ask", "-m", str(broken), "--backend", "onnx", "--max-tokens", "4", "hi")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -187,8 +194,10 @@ def test_int8_export_is_smaller_and_still_answers(tmp_path: Path, smollm2_hf_dir
     result = run_lampchat("convert", str(smollm2_hf_dir), "--to", "onnx", "--int8", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "int8 weights" in result.stdout and "building the graph" in result.stderr
-    size8 = (out / "model.onnx").stat().st_size
-    assert size8 < 0.45 * (smollm2_onnx_dir / "model.onnx").stat().st_size
+    def weights_size(folder: Path) -> int:
+        return sum(p.stat().st_size for p in folder.glob("model.onnx*"))
+
+    assert weights_size(out) < 0.45 * weights_size(smollm2_onnx_dir)
     listing = run_lampchat("models", "--dir", str(tmp_path))
     assert listing.returncode == 0 and "onnx" in listing.stdout and "8-bit" in listing.stdout
     answer = run_lampchat("ask", "-m", str(out), "--backend", "onnx", "--temperature", "0",

@@ -73,6 +73,9 @@ PROVIDER_HINTS = {
     "rocm": "install an onnxruntime build with ROCm or MIGraphX",
 }
 
+PREFERRED_FILES = ("model.onnx", "decoder_model_merged.onnx", "model_quantized.onnx")
+"""Which .onnx file of a folder to run: Lampchat's and genai's name, optimum's merged decoder."""
+
 _KV_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 """Providers whose KV cache stays in device memory between steps."""
 
@@ -141,9 +144,9 @@ def release_heap() -> None:
 def _model_file(path: Path) -> Path:
     if path.is_file():
         return path
-    preferred = path / "model.onnx"
-    if preferred.is_file():
-        return preferred
+    for name in PREFERRED_FILES:
+        if (path / name).is_file():
+            return path / name
     files = sorted(path.glob("*.onnx"))
     if not files:
         raise ModelLoadError(f"the folder holds no .onnx model: {path}")
@@ -208,7 +211,7 @@ class OnnxBackend(Backend):
             text = text if len(text) <= 300 else text[:297] + "..."
             raise ModelLoadError(f"onnxruntime cannot load {file}: {text}") from exc
         report(0.9, "reading the tokenizer")
-        self._check_signature(session, file)
+        self._check_signature(session, file, config)
         tokenizer = load_tokenizer_json(folder / "tokenizer.json")
         template = hf_folder.chat_template(folder)
         self._ort = ort
@@ -248,7 +251,7 @@ class OnnxBackend(Backend):
         report(1.0, "ready")
         return self.info
 
-    def _check_signature(self, session: Any, file: Path) -> None:
+    def _check_signature(self, session: Any, file: Path, config: dict[str, Any]) -> None:
         """Check the KV-cache convention and read the cache's layout from it."""
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = {o.name for o in session.get_outputs()}
@@ -268,11 +271,21 @@ class OnnxBackend(Backend):
                 f"(missing {', '.join(missing)})"
             )
         past = inputs["past_key_values.0.key"]
-        shape = past.shape
-        if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+        shape = list(past.shape)
+        if len(shape) != 4:
             raise ModelLoadError(
                 f"{file}: past_key_values.0.key must be [batch, kv_heads, past, head_dim] "
-                f"with fixed kv_heads and head_dim (got {shape})"
+                f"(got {shape})"
+            )
+        heads = config.get("num_key_value_heads") or config.get("num_attention_heads")
+        hidden, n_heads = config.get("hidden_size"), config.get("num_attention_heads")
+        dim = config.get("head_dim") or (hidden // n_heads if hidden and n_heads else None)
+        shape[1] = shape[1] if isinstance(shape[1], int) else heads
+        shape[3] = shape[3] if isinstance(shape[3], int) else dim
+        if not isinstance(shape[1], int) or not isinstance(shape[3], int):
+            raise ModelLoadError(
+                f"{file}: the KV cache's heads and head size are neither fixed in the model nor "
+                "in config.json (num_key_value_heads, head_dim)"
             )
         self._n_layers = n_layers
         self._kv_shape = (int(shape[1]), int(shape[3]))
@@ -328,6 +341,8 @@ class OnnxBackend(Backend):
         binding.bind_cpu_input("input_ids", np.asarray([tokens], dtype=np.int64))
         if "attention_mask" in self._input_names:
             binding.bind_cpu_input("attention_mask", np.ones((1, start + n), dtype=np.int64))
+        if "use_cache_branch" in self._input_names:  # optimum's merged decoder
+            binding.bind_cpu_input("use_cache_branch", np.array([start > 0]))
         if "position_ids" in self._input_names:
             binding.bind_cpu_input("position_ids",
                                    np.arange(start, start + n, dtype=np.int64)[None])
