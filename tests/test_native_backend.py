@@ -99,8 +99,16 @@ def test_a_chat_question_gets_a_coherent_answer(native):
     assert stats.prompt_tokens == len(native.tokenize_prompt(FRANCE))
 
 
-def test_stop_strings_end_the_reply_before_the_stop_text(native):
-    reference_text, _, _ = _reply(native, ESSAY)
+@pytest.fixture(scope="module")
+def essay_reply(native) -> str:
+    """The greedy reply to ESSAY (48 tokens), shared by the tests that compare with it."""
+    text, stats, _ = _reply(native, ESSAY)
+    assert stats.finish_reason == "length"
+    return text
+
+
+def test_stop_strings_end_the_reply_before_the_stop_text(native, essay_reply):
+    reference_text = essay_reply
     words = reference_text.split()
     stop = words[len(words) // 2]
     text, stats, _ = _reply(native, ESSAY, replace(GREEDY, stop=(stop,)))
@@ -132,8 +140,8 @@ def test_a_follow_up_reuses_the_cached_prefix_with_the_same_result(native):
     assert "Rome" in warm
 
 
-def test_cancel_from_another_thread_stops_within_one_token(native):
-    reference_text, _, _ = _reply(native, ESSAY)
+def test_cancel_from_another_thread_stops_within_one_token(native, essay_reply):
+    reference_text = essay_reply
     produced = [0]
     at_cancel: list[int] = []
 

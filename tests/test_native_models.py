@@ -23,8 +23,11 @@ from engine.sampling import Sampler
 from engine.types import SamplingParams
 from tests import torch_checkpoint
 
-mx = pytest.importorskip("mlx.core")  # the `mlx` extra; installed by the test command
-mlx_utils = pytest.importorskip("mlx_lm.utils")
+
+def _mlx():
+    """mlx and mlx-lm's loader (the `mlx` extra, installed by the test command)."""
+    return pytest.importorskip("mlx.core"), pytest.importorskip("mlx_lm.utils")
+
 
 TOKENS = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17, 42, 42, 42, 0, 11, 12],
                   dtype=np.int64)
@@ -114,12 +117,14 @@ def write_folder(folder: Path, config: dict[str, Any], weights: dict[str, np.nda
 
 def mlx_logits(folder: Path, tokens: np.ndarray) -> np.ndarray:
     """Logits `(T, vocab)` of mlx-lm's own implementation loading the same folder."""
+    mx, mlx_utils = _mlx()
     model, _ = mlx_utils.load_model(folder)
     return np.array(model(mx.array(tokens[None].astype(np.int32)))[0].astype(mx.float32))
 
 
 def mlx_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
     """mlx-lm's greedy continuation (full passes, no cache: independent of ours)."""
+    mx, mlx_utils = _mlx()
     model, _ = mlx_utils.load_model(folder)
     seq = list(prompt)
     for _ in range(n):
