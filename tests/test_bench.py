@@ -233,3 +233,28 @@ def test_all_models_from_the_catalog(tmp_path: Path, default_gguf: Path):
     assert proc.returncode == 0, proc.stderr
     rows = [(Path(r["model_path"]).name, r["status"]) for r in load_report(out)["results"]]
     assert rows == [(default_gguf.name, "ok"), ("damaged.gguf", "failed")]
+
+
+def test_check_targets_script(bench_run: dict[str, Any]):
+    """benchmarks/check_targets.py reads a bench JSON and judges each measured case; the
+    failed and skipped rows count as FAIL."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "benchmarks/check_targets.py", *args],
+                              capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    proc = check(str(bench_run["json"]), "--ttft-ms", "1e9", "--decode-tps", "0",
+                 "--memory-ratio", "1e9")
+    assert proc.returncode == 1  # broken.gguf failed, mlx skipped
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "RESULT: FAIL"
+    ok_lines = [line for line in lines if "SmolLM2" in line and "· llama.cpp ·" in line]
+    assert len(ok_lines) == 3 and all(line.startswith("PASS") for line in ok_lines)
+    assert any(line.startswith("FAIL") and "broken.gguf" in line for line in lines)
+    strict = check(str(bench_run["json"]), "--decode-tps", "1e9")
+    assert any(line.startswith("FAIL") and "tg8 > 1e+09 tok/s" in line
+               for line in strict.stdout.splitlines())
