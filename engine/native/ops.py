@@ -20,9 +20,13 @@ _GELU_C = math.sqrt(2.0 / math.pi)
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """LLaMA RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, row by row."""
-    ms = np.einsum("td,td->t", x, x) * np.float32(1.0 / x.shape[-1])
-    scale = 1.0 / np.sqrt(ms + np.float32(eps))
-    return (x * scale[:, None]) * weight
+    ms = np.matmul(x[:, None, :], x[:, :, None]).reshape(-1)  # row dot products, no copy
+    ms *= np.float32(1.0 / x.shape[-1])
+    ms += np.float32(eps)
+    np.sqrt(ms, out=ms)
+    out = x / ms[:, None]
+    out *= weight
+    return out
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -59,8 +63,12 @@ def swiglu(gate_up: np.ndarray) -> np.ndarray:
     """SwiGLU on a fused `[gate | up]` projection: `silu(gate) * up`."""
     half = gate_up.shape[-1] // 2
     gate = gate_up[:, :half]
-    up = gate_up[:, half:]
-    return gate / (1.0 + np.exp(-gate)) * up
+    out = np.negative(gate)
+    np.exp(out, out=out)
+    out += np.float32(1.0)
+    np.divide(gate, out, out=out)
+    out *= gate_up[:, half:]
+    return out
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
