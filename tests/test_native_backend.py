@@ -259,3 +259,24 @@ def test_threads_setting_caps_numpys_blas_threads():
     with threadpool_limits(limits=None):  # restores the previous count afterwards
         limit_blas_threads(1)
         assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == {1}
+
+
+async def test_unloading_through_the_worker_gives_the_memory_back(smollm2_hf_dir):
+    """Load and unload on the engine thread, as the app does; the weights' memory comes back."""
+    import gc
+
+    import psutil
+
+    proc = psutil.Process()
+    gc.collect()
+    before = proc.memory_info().rss
+    worker = EngineWorker()
+    try:
+        info = await worker.load(str(smollm2_hf_dir), "native", LoadSettings(n_ctx=256))
+        loaded = proc.memory_info().rss
+        weights = info.n_params * 4
+        assert loaded - before > 0.8 * weights  # the float32 weights really are in memory
+        await worker.unload()
+        assert proc.memory_info().rss - before < 0.2 * weights
+    finally:
+        await worker.close()

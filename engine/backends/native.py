@@ -16,6 +16,7 @@ from engine.chat_template import ChatTemplate
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
 from engine.native import build_model
+from engine.native.base import trim_heap
 from engine.native.generator import Generator
 from engine.native.opencl import ops_for_device
 from engine.sampling import Sampler
@@ -124,6 +125,7 @@ class NativeBackend(Backend):
         )
         del loaded
         gc.collect()
+        trim_heap()
         log.info("native: loaded %s (%s, %d params) in %.1fs", path, net.arch, net.n_params,
                  time.perf_counter() - started)
         report(1.0, "ready")
@@ -136,6 +138,7 @@ class NativeBackend(Backend):
         self._template = None
         self.info = None
         gc.collect()
+        trim_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`, rendered with the model's chat template."""
