@@ -41,6 +41,14 @@ ENGINES = ("native", "onnx", "mlx", "llama.cpp")
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS. On Linux VmHWM, which starts afresh at exec (ru_maxrss would
+    carry the parent's peak, e.g. the conversion's, into the child)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
