@@ -324,7 +324,8 @@ class OnnxBackend(Backend):
         """Keep the first `keep` cached positions."""
         if keep == len(self._cache_tokens) and self._past:
             return
-        if keep == 0 or not self._past:
+        if keep == 0 or not self._past or self._kv_device != "cpu":
+            # (a cache in GPU memory is not sliced here: start over instead)
             self._past, self._cache_tokens = self._empty_past(), []
             return
         ort_value = self._ort.OrtValue
@@ -367,8 +368,8 @@ class OnnxBackend(Backend):
             if a != b:
                 break
             common += 1
-        pos = min(common, len(tokens) - 1)
-        self._truncate_cache(pos)
+        self._truncate_cache(min(common, len(tokens) - 1))
+        pos = len(self._cache_tokens)
         logits = None
         while pos < len(tokens):
             if self.cancelled:
