@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -29,6 +30,39 @@ from engine.types import (
 log = logging.getLogger(__name__)
 
 _DONE = object()
+
+
+class _Handoff:
+    """Pieces from the engine thread to the event loop, waking the loop at most once per batch.
+
+    The engine thread appends to a deque and schedules a wake-up only when none is pending, so
+    a consumer that keeps up still gets every token at once, while one that lags (a busy UI)
+    takes the backlog in one go instead of one loop callback per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._items: deque[object] = deque()
+        self._ready = asyncio.Event()
+        self._wake_pending = False
+
+    def put(self, item: object) -> None:
+        """Engine thread: queue `item`, waking the loop unless a wake-up is already on its way."""
+        self._items.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._ready.set()
+
+    async def get(self) -> object:
+        """Loop: the next item, waiting for one if none is queued."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
 
 
 class Generation:
@@ -65,12 +99,12 @@ class Generation:
             if worker.backend is None:
                 raise LampchatError("no model is loaded")
             loop = asyncio.get_running_loop()
-            queue: asyncio.Queue[object] = asyncio.Queue()
+            handoff = _Handoff(loop)
             worker._running = self
-            future = loop.run_in_executor(worker._executor, self._run, worker.backend, loop, queue)
+            future = loop.run_in_executor(worker._executor, self._run, worker.backend, handoff)
             try:
                 while True:
-                    item = await queue.get()
+                    item = await handoff.get()
                     if item is _DONE:
                         break
                     assert isinstance(item, Piece)
@@ -82,11 +116,9 @@ class Generation:
                 await asyncio.shield(future)
                 worker._running = None
 
-    def _run(
-        self, backend: Backend, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object]
-    ) -> None:
+    def _run(self, backend: Backend, handoff: _Handoff) -> None:
         """Engine thread: drive the backend's generator and hand pieces to the loop."""
-        put = queue.put_nowait
+        put = handoff.put
         clock = ReplyClock()
         stats = StreamStats()
         backend.reset_cancel()
@@ -100,7 +132,7 @@ class Generation:
                     if self._cancel.is_set():
                         break
                     clock.token(piece.n_tokens)
-                    loop.call_soon_threadsafe(put, piece)
+                    put(piece)
             finally:
                 pieces.close()
         except LampchatError as exc:
@@ -118,7 +150,7 @@ class Generation:
         self.metrics = clock.metrics(
             backend.info, stats.prompt_tokens, finish, stats.tokens_estimated, self.error
         )
-        loop.call_soon_threadsafe(put, _DONE)
+        put(_DONE)
 
 
 class EngineWorker:
