@@ -117,6 +117,7 @@ def test_mlx_quantized_folder(tmp_path_factory: pytest.TempPathFactory,
     try:
         info = backend.load(str(out), LoadSettings(n_ctx=512, device="cpu"))
         assert info.format == "mlx" and info.quantization.startswith("MLX 8-bit")
+        assert 130e6 < (info.n_params or 0) < 140e6  # unpacked, as for the float32 folder
         text = "".join(p.text for p in backend.stream(
             [ChatMessage("user", "What is the capital of France?")],
             SamplingParams(temperature=0, max_tokens=16), StreamStats()))

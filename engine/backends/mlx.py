@@ -183,7 +183,7 @@ class MLXBackend(Backend):
         self._stream = mx.new_stream(device)
         max_pos = int(config.get("max_position_embeddings") or 4096)
         self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
-        n_params = sum(v.size for _, v in _flatten(net.parameters()))
+        n_params = _count_params(mx, net, config)
         self.settings = settings
         self.info = ModelInfo(
             name=folder.name,
@@ -375,6 +375,25 @@ class MLXBackend(Backend):
         tail = "" if hit else stops.flush()
         if tail or pending:
             yield Piece(tail, pending)
+
+
+def _count_params(mx: Any, net: Any, config: dict[str, Any]) -> int:
+    """Weights in the model; MLX-quantized matrices count their unpacked values, and their
+    per-group scales and biases are not counted."""
+    quant = config.get("quantization")
+    bits = int(quant.get("bits", 0)) if isinstance(quant, dict) else 0
+    params = dict(_flatten(net.parameters()))
+    total = 0
+    for name, value in params.items():
+        prefix = name.rsplit(".", 1)[0]
+        quantized = bits and f"{prefix}.scales" in params
+        if quantized and name.endswith((".scales", ".biases")):
+            continue
+        if quantized and value.dtype == mx.uint32:
+            total += int(value.size) * (32 // bits)
+        else:
+            total += int(value.size)
+    return total
 
 
 def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
