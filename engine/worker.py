@@ -13,6 +13,7 @@ from dataclasses import replace
 
 from engine.backends.base import Backend, ProgressCallback
 from engine.errors import LampchatError
+from engine.memory import trim_heap
 from engine.metrics import ReplyClock
 from engine.models import resolve_model
 from engine.registry import create_backend
@@ -244,6 +245,7 @@ class EngineWorker:
         if self.backend is not None:
             self.backend.unload()
             self.backend = None
+            trim_heap()
 
     async def unload(self) -> None:
         """Unload the model and release its memory."""

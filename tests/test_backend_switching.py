@@ -15,7 +15,7 @@ import gc
 import logging
 from pathlib import Path
 
-from engine.backends.onnx import release_heap
+from engine.memory import trim_heap
 from engine.metrics import rss_bytes
 from engine.types import ChatMessage, LoadSettings, SamplingParams
 from engine.worker import EngineWorker
@@ -35,7 +35,7 @@ def rss_after_gc() -> int:
     model still referenced somewhere cannot be trimmed and still fails the check.
     """
     gc.collect()
-    release_heap()
+    trim_heap()
     return rss_bytes()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import io
 import logging
 import os
@@ -19,6 +18,7 @@ from engine.backends.base import Backend, ProgressCallback
 from engine.chat_template import CHATML, ChatTemplate
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format, validate_gguf
+from engine.memory import trim_heap
 from engine.textstream import StopMatcher, Utf8Assembler
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
@@ -221,7 +221,7 @@ class LlamaCppBackend(Backend):
         self._abort_callback = None
         self._abort_flag = None
         self.info = None
-        gc.collect()
+        trim_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`, rendered with the model's chat template."""

@@ -8,10 +8,8 @@ sampler and logits processors.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from engine.errors import (
     ModelLoadError,
 )
 from engine.formats.detect import detect_format
+from engine.memory import trim_heap
 from engine.sampling import PENALTY_LAST_N
 from engine.textstream import StopMatcher
 from engine.types import (
@@ -63,17 +62,6 @@ def import_mlx() -> tuple[Any, Any]:
             f"the MLX backend needs mlx and mlx-lm ({INSTALL_HINT}): {exc}"
         ) from exc
     return mx, mlx_lm
-
-
-def release_heap() -> None:
-    """Hand freed heap memory back to the system (glibc's malloc_trim; no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
 
 
 def mlx_device(mx: Any, device: str) -> Any:
@@ -213,7 +201,7 @@ class MLXBackend(Backend):
         gc.collect()
         if self._mx is not None:
             self._mx.clear_cache()
-        release_heap()
+        trim_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`, rendered with the model's chat template."""

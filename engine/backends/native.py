@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -15,8 +14,8 @@ from engine.backends.base import Backend, ProgressCallback
 from engine.chat_template import ChatTemplate
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
+from engine.memory import trim_heap
 from engine.native import build_model
-from engine.native.base import trim_heap
 from engine.native.generator import Generator
 from engine.native.opencl import ops_for_device
 from engine.sampling import Sampler
@@ -124,7 +123,6 @@ class NativeBackend(Backend):
             chat_template_source=loaded.template.source,
         )
         del loaded
-        gc.collect()
         trim_heap()
         log.info("native: loaded %s (%s, %d params) in %.1fs", path, net.arch, net.n_params,
                  time.perf_counter() - started)
@@ -137,7 +135,6 @@ class NativeBackend(Backend):
         self._tokenizer = None
         self._template = None
         self.info = None
-        gc.collect()
         trim_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:

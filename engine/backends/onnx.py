@@ -13,11 +13,8 @@ ROCm or the CPU, whichever the installed onnxruntime offers.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,6 +32,7 @@ from engine.errors import (
     ModelLoadError,
 )
 from engine.formats.detect import detect_format
+from engine.memory import trim_heap
 from engine.sampling import Sampler
 from engine.textstream import StopMatcher
 from engine.types import (
@@ -128,17 +126,6 @@ def _present(kind: str, available: Sequence[str]) -> bool:
 def default_threads() -> int:
     """Physical cores: onnxruntime's matrix products run best with one thread per core."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def release_heap() -> None:
-    """Hand freed heap memory back to the system (glibc's malloc_trim; no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if sys.platform.startswith("linux") and name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
 
 
 def _model_file(path: Path) -> Path:
@@ -299,8 +286,7 @@ class OnnxBackend(Backend):
         self._tokenizer = None
         self._template = None
         self.info = None
-        gc.collect()
-        release_heap()
+        trim_heap()
 
     def tokenize_prompt(self, messages: Sequence[ChatMessage]) -> list[int]:
         """The prompt tokens for `messages`, rendered with the model's chat template."""

@@ -45,16 +45,6 @@ def release_pages(array: np.ndarray) -> None:
         _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
 
 
-def trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc's malloc_trim; no-op elsewhere).
-
-    Freed weight matrices of a few MB sit below glibc's mmap threshold, so without this an
-    unloaded model's memory stays in the process's arenas.
-    """
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
-
 def take(
     weights: Weights, name: str, shape: tuple[int, ...] | None = None, copy: bool = True
 ) -> np.ndarray:
