@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+from collections.abc import Generator, Iterator, Sequence
+from typing import Any
+
+from engine.types import Piece
 
 
 class Utf8Assembler:
@@ -50,3 +53,38 @@ class StopMatcher:
         """Release held-back text at the end of a stream."""
         out, self._pending = self._pending, ""
         return out
+
+
+def token_pieces(
+    ids: Iterator[int], tokenizer: Any, stop: Sequence[str]
+) -> Generator[Piece, None, bool]:
+    """Turn generated token ids into Pieces with HF `tokenizers`, up to a stop string.
+
+    Each Piece carries the real number of tokens behind it (tokens that complete no text yet
+    are counted into the next one). Closes `ids` when done; returns whether a stop string
+    ended the stream (`hit = yield from token_pieces(...)`).
+    """
+    from tokenizers.decoders import DecodeStream
+
+    decoder = DecodeStream(skip_special_tokens=True)
+    stops = StopMatcher(stop)
+    pending = 0
+    hit = False
+    try:
+        for token in ids:
+            pending += 1
+            text = decoder.step(tokenizer, token)
+            if not text:
+                continue
+            out, hit = stops.feed(text)
+            if out:
+                yield Piece(out, pending)
+                pending = 0
+            if hit:
+                break
+    finally:
+        ids.close()  # type: ignore[attr-defined]
+    tail = "" if hit else stops.flush()
+    if tail or pending:
+        yield Piece(tail, pending)
+    return hit

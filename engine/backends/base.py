@@ -7,10 +7,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
+from engine.errors import LampchatError
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
 ProgressCallback = Callable[[float, str], None]
 """Called with (fraction done in [0, 1], what is happening)."""
+
+
+def check_context(n_prompt: int, n_ctx: int) -> None:
+    """Raise a clear error when a prompt of `n_prompt` tokens leaves no room in the context."""
+    if n_prompt >= n_ctx:
+        raise LampchatError(
+            f"the conversation is {n_prompt} tokens, more than the context of {n_ctx}; "
+            "start a new conversation or raise the context length"
+        )
 
 
 class Backend(ABC):

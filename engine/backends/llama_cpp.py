@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from engine.backends.base import Backend, ProgressCallback
+from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import CHATML, ChatTemplate
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format, validate_gguf
@@ -243,11 +243,7 @@ class LlamaCppBackend(Backend):
             raise LampchatError("no model is loaded")
         tokens = self.tokenize_prompt(messages)
         n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise LampchatError(
-                f"the conversation is {len(tokens)} tokens, more than the context of {n_ctx}; "
-                "start a new conversation or raise the context length"
-            )
+        check_context(len(tokens), n_ctx)
         stats.prompt_tokens = len(tokens)
         max_tokens = min(sampling.max_tokens, n_ctx - len(tokens))
         if sampling.seed is not None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import Backend, ProgressCallback
+from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import ChatTemplate
 from engine.errors import (
     BackendUnavailableError,
@@ -26,7 +26,7 @@ from engine.errors import (
 from engine.formats.detect import detect_format
 from engine.memory import trim_heap
 from engine.sampling import PENALTY_LAST_N
-from engine.textstream import StopMatcher
+from engine.textstream import token_pieces
 from engine.types import (
     ChatMessage,
     FinishReason,
@@ -331,38 +331,12 @@ class MLXBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Stream a reply with `mlx_lm.stream_generate`."""
-        from tokenizers.decoders import DecodeStream
-
         tokens = self.tokenize_prompt(messages)
-        if len(tokens) >= self._n_ctx:
-            raise LampchatError(
-                f"the conversation is {len(tokens)} tokens, more than the context of "
-                f"{self._n_ctx}; start a new conversation or raise the context length"
-            )
+        check_context(len(tokens), self._n_ctx)
         stats.prompt_tokens = len(tokens)
-        decoder = DecodeStream(skip_special_tokens=True)
-        stops = StopMatcher(sampling.stop)
-        pending = 0
-        hit = False
         ids = self.generate_ids(tokens, sampling)
-        try:
-            for token in ids:
-                pending += 1
-                text = decoder.step(self._tokenizer, token)
-                if not text:
-                    continue
-                out, hit = stops.feed(text)
-                if out:
-                    yield Piece(out, pending)
-                    pending = 0
-                if hit:
-                    break
-        finally:
-            ids.close()
+        hit = yield from token_pieces(ids, self._tokenizer, sampling.stop)
         stats.finish_reason = "stop" if hit else self.finish_reason
-        tail = "" if hit else stops.flush()
-        if tail or pending:
-            yield Piece(tail, pending)
 
 
 def _count_params(mx: Any, net: Any, config: dict[str, Any]) -> int:

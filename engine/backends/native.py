@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.backends.base import Backend, ProgressCallback
+from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import ChatTemplate
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
@@ -19,7 +19,7 @@ from engine.native import build_model
 from engine.native.generator import Generator
 from engine.native.opencl import ops_for_device
 from engine.sampling import Sampler
-from engine.textstream import StopMatcher
+from engine.textstream import token_pieces
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
 log = logging.getLogger(__name__)
@@ -151,42 +151,16 @@ class NativeBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Prefill the prompt (reusing the cached prefix), then decode token by token."""
-        from tokenizers.decoders import DecodeStream
-
         generator = self._generator
         if generator is None:
             raise LampchatError("no model is loaded")
         tokens = self.tokenize_prompt(messages)
         n_ctx = generator.n_ctx
-        if len(tokens) >= n_ctx:
-            raise LampchatError(
-                f"the conversation is {len(tokens)} tokens, more than the context of {n_ctx}; "
-                "start a new conversation or raise the context length"
-            )
+        check_context(len(tokens), n_ctx)
         stats.prompt_tokens = len(tokens)
-        decoder = DecodeStream(skip_special_tokens=True)
-        stops = StopMatcher(sampling.stop)
-        pending = 0
-        hit = False
         new_tokens = generator.generate(
             tokens, Sampler(sampling), min(sampling.max_tokens, n_ctx - len(tokens)),
             self._eos_ids, self._cancel.is_set,
         )
-        try:
-            for token in new_tokens:
-                pending += 1
-                text = decoder.step(self._tokenizer, token)
-                if not text:
-                    continue
-                out, hit = stops.feed(text)
-                if out:
-                    yield Piece(out, pending)
-                    pending = 0
-                if hit:
-                    break
-        finally:
-            new_tokens.close()
+        hit = yield from token_pieces(new_tokens, self._tokenizer, sampling.stop)
         stats.finish_reason = "stop" if hit else (generator.finish_reason or "stop")
-        tail = "" if hit else stops.flush()
-        if tail or pending:
-            yield Piece(tail, pending)

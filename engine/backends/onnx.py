@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from engine.backends.base import Backend, ProgressCallback
+from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import ChatTemplate
 from engine.errors import (
     BackendUnavailableError,
@@ -34,7 +34,7 @@ from engine.errors import (
 from engine.formats.detect import detect_format
 from engine.memory import trim_heap
 from engine.sampling import Sampler
-from engine.textstream import StopMatcher
+from engine.textstream import token_pieces
 from engine.types import (
     ChatMessage,
     FinishReason,
@@ -413,35 +413,9 @@ class OnnxBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Prefill the prompt (reusing the cached prefix), then decode token by token."""
-        from tokenizers.decoders import DecodeStream
-
         tokens = self.tokenize_prompt(messages)
-        if len(tokens) >= self._n_ctx:
-            raise LampchatError(
-                f"the conversation is {len(tokens)} tokens, more than the context of "
-                f"{self._n_ctx}; start a new conversation or raise the context length"
-            )
+        check_context(len(tokens), self._n_ctx)
         stats.prompt_tokens = len(tokens)
-        decoder = DecodeStream(skip_special_tokens=True)
-        stops = StopMatcher(sampling.stop)
-        pending = 0
-        hit = False
         ids = self.generate_ids(tokens, sampling)
-        try:
-            for token in ids:
-                pending += 1
-                text = decoder.step(self._tokenizer, token)
-                if not text:
-                    continue
-                out, hit = stops.feed(text)
-                if out:
-                    yield Piece(out, pending)
-                    pending = 0
-                if hit:
-                    break
-        finally:
-            ids.close()
+        hit = yield from token_pieces(ids, self._tokenizer, sampling.stop)
         stats.finish_reason = "stop" if hit else self.finish_reason
-        tail = "" if hit else stops.flush()
-        if tail or pending:
-            yield Piece(tail, pending)
