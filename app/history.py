@@ -474,6 +474,12 @@ class ConversationWriter:
                     conv.title = conv.auto_title()
                 atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
                 fsync_dir(conv.path.parent)
+            elif not conv.title and message.role == "user" and conv.auto_title():
+                # the file began without a user message (e.g. a system message first): now that
+                # there is one, rewrite it once so that its header carries the title
+                conv.title = conv.auto_title()
+                atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
+                fsync_dir(conv.path.parent)
             else:
                 _append_text(conv.path, _message_text(message))
         except OSError as exc:
