@@ -59,3 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error")
         print(f"lampchat: unexpected error: {exc} (details in the log file)", file=sys.stderr)
         return 1
+    finally:
+        # per-thread library state (MLX streams) must go before interpreter shutdown
+        from engine.backends.base import run_thread_exit_hooks
+
+        run_thread_exit_hooks()

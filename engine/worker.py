@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from engine.backends.base import Backend, ProgressCallback
+from engine.backends.base import Backend, ProgressCallback, run_thread_exit_hooks
 from engine.errors import LampchatError
 from engine.memory import trim_heap
 from engine.metrics import ReplyClock
@@ -268,4 +268,8 @@ class EngineWorker:
         try:
             await self.unload()
         finally:
+            with contextlib.suppress(RuntimeError):  # the executor is already shut down
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, run_thread_exit_hooks
+                )
             self._executor.shutdown(wait=True, cancel_futures=True)

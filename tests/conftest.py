@@ -27,6 +27,16 @@ def _isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("LAMPCHAT_LOG_FILE", str(home / "lampchat.log"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _mlx_streams_cleared_at_exit():
+    """MLX streams made on the main thread (mlx-lm references in tests) are torn down before
+    interpreter shutdown; left to it, MLX's thread-local destructors can crash the process."""
+    yield
+    mx = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_streams"):
+        mx.clear_streams()
+
+
 @pytest.fixture(scope="session")
 def default_gguf() -> Path:
     """The bundled SmolLM2-135M-Instruct Q4_1 GGUF."""

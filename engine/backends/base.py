@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -9,6 +10,28 @@ from typing import ClassVar
 
 from engine.errors import LampchatError
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
+
+log = logging.getLogger(__name__)
+
+_THREAD_EXIT_HOOKS: list[Callable[[], None]] = []
+
+
+def at_thread_exit(hook: Callable[[], None]) -> None:
+    """Register `hook` to run on a thread that used a backend, before that thread ends.
+
+    For libraries with per-thread state that must be torn down by hand (MLX's streams).
+    """
+    if hook not in _THREAD_EXIT_HOOKS:
+        _THREAD_EXIT_HOOKS.append(hook)
+
+
+def run_thread_exit_hooks() -> None:
+    """Run the registered hooks on the calling thread (the engine thread as it closes)."""
+    for hook in _THREAD_EXIT_HOOKS:
+        try:
+            hook()
+        except Exception:
+            log.exception("thread exit hook %r failed", hook)
 
 ProgressCallback = Callable[[float, str], None]
 """Called with (fraction done in [0, 1], what is happening)."""

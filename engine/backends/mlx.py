@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.backends.base import Backend, ProgressCallback, check_context
+from engine.backends.base import Backend, ProgressCallback, at_thread_exit, check_context
 from engine.chat_template import ChatTemplate
 from engine.errors import (
     BackendUnavailableError,
@@ -169,6 +169,10 @@ class MLXBackend(Backend):
         self._template = hf_folder.chat_template(folder)
         self._eos_ids = frozenset(eos | set(mlx_tokenizer.eos_token_ids))
         self._stream = mx.new_stream(device)
+        # MLX does not tear down its per-thread streams by itself: left to interpreter shutdown
+        # they can abort the process ("terminate called without an active exception")
+        if hasattr(mx, "clear_streams"):
+            at_thread_exit(mx.clear_streams)
         max_pos = int(config.get("max_position_embeddings") or 4096)
         self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
         n_params = _count_params(mx, net, config)
