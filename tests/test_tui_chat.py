@@ -83,6 +83,11 @@ def make_app(config_file: Path, model: str = FAST, auto_save: bool = True,
     return LampchatApp(options, ChatStore(history, save_history))
 
 
+def loaded(app, name: str) -> bool:
+    """Whether `name` is loaded and no load is running (info is None while models switch)."""
+    return getattr(app.engine.info, "name", None) == name and not app.loading
+
+
 async def wait_for(pilot: Any, condition: Callable[[], Any], timeout: float = 20.0) -> None:
     """Let the app run until `condition()` is true."""
     loop = asyncio.get_running_loop()
@@ -280,7 +285,7 @@ async def test_backend_failing_mid_stream_notifies_and_app_stays_usable(
         assert view.data.content  # the 10 tokens before the failure are kept
         # still usable: load a working model with /model and chat
         await send(pilot, f"/model {FAST}")
-        await wait_for(pilot, lambda: app.engine.info.name == "demo" and not app.loading)
+        await wait_for(pilot, lambda: loaded(app, "demo"))
         await send(pilot, "again")
         assert chat.conversation.messages[-1].content == REPLY
 
@@ -304,11 +309,11 @@ async def test_cycle_recent_models_with_ctrl_up_down(config_file: Path) -> None:
         await pilot.press("ctrl+down")
         assert any("No other recently used model" in n for n in notifications(app))
         app.load_model(ModelSpec("scripted://beta?rate=0", "scripted"))
-        await wait_for(pilot, lambda: app.engine.info.name == "beta" and not app.loading)
+        await wait_for(pilot, lambda: loaded(app, "beta"))
         await pilot.press("ctrl+up")
-        await wait_for(pilot, lambda: app.engine.info.name == "alpha" and not app.loading)
+        await wait_for(pilot, lambda: loaded(app, "alpha"))
         await pilot.press("ctrl+down")
-        await wait_for(pilot, lambda: app.engine.info.name == "beta" and not app.loading)
+        await wait_for(pilot, lambda: loaded(app, "beta"))
         assert [r.label for r in app.recent] == ["beta", "alpha"]
         # the palette has an entry per known model (recent ones first)
         titles = [s.title for s in await app.known_models()]
