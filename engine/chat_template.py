@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -41,6 +42,18 @@ class ChatTemplate:
             )
         except jinja2.TemplateError as exc:
             raise ModelLoadError(f"the model's chat template failed to render: {exc}") from exc
+
+
+def encode_prompt(
+    template: ChatTemplate, tokenizer: Any, messages: Sequence[ChatMessage], bos_id: int | None
+) -> list[int]:
+    """The prompt token ids of `messages`: rendered with `template`, encoded with an HF
+    `tokenizers.Tokenizer`, with `bos_id` in front unless the template already wrote it."""
+    prompt = template.render(messages)
+    ids = list(tokenizer.encode(prompt, add_special_tokens=False).ids)
+    if bos_id is not None and not prompt.startswith(template.bos_token):
+        ids.insert(0, bos_id)
+    return ids
 
 
 def _raise_exception(message: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import Backend, ProgressCallback, at_thread_exit, check_context
-from engine.chat_template import ChatTemplate
+from engine.chat_template import ChatTemplate, encode_prompt
 from engine.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -211,8 +211,7 @@ class MLXBackend(Backend):
         """The prompt tokens for `messages`, rendered with the model's chat template."""
         if self._template is None or self._tokenizer is None:
             raise LampchatError("no model is loaded")
-        prompt = self._template.render(messages)
-        return list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
+        return encode_prompt(self._template, self._tokenizer, messages, None)
 
     def generate_ids(self, tokens: Sequence[int], sampling: SamplingParams) -> Iterator[int]:
         """Yield up to `sampling.max_tokens` new token ids after the prompt `tokens`, from

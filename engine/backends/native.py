@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import ChatTemplate
+from engine.chat_template import ChatTemplate, encode_prompt
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
 from engine.memory import trim_heap
@@ -141,11 +141,7 @@ class NativeBackend(Backend):
         """The prompt tokens for `messages`, rendered with the model's chat template."""
         if self._template is None or self._tokenizer is None:
             raise LampchatError("no model is loaded")
-        prompt = self._template.render(messages)
-        ids = list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
-        if self._bos_id is not None and not prompt.startswith(self._template.bos_token):
-            ids.insert(0, self._bos_id)
-        return ids
+        return encode_prompt(self._template, self._tokenizer, messages, self._bos_id)
 
     def stream(
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats

@@ -24,7 +24,7 @@ import numpy as np
 import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import ChatTemplate
+from engine.chat_template import ChatTemplate, encode_prompt
 from engine.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
@@ -292,11 +292,7 @@ class OnnxBackend(Backend):
         """The prompt tokens for `messages`, rendered with the model's chat template."""
         if self._template is None or self._tokenizer is None:
             raise LampchatError("no model is loaded")
-        prompt = self._template.render(messages)
-        ids = list(self._tokenizer.encode(prompt, add_special_tokens=False).ids)
-        if self._bos_id is not None and not prompt.startswith(self._template.bos_token):
-            ids.insert(0, self._bos_id)
-        return ids
+        return encode_prompt(self._template, self._tokenizer, messages, self._bos_id)
 
     # -- the KV cache -------------------------------------------------------------------------
 
