@@ -167,12 +167,13 @@ async def test_escape_stops_keeps_partial_marked_stopped_and_refocuses(config_fi
         await pilot.press(*"tell me a long story", "enter")
         await wait_for(pilot, lambda: chat.reply_view is not None
                        and chat.reply_view.shown_chars > 20)
-        assert chat.reply_view.has_class("-streaming")
+        assert chat.reply_view.query_one(".meta").has_class("-streaming")
         chat.chat_log.focus()
         await pilot.press("escape")
         await wait_for(pilot, lambda: chat.generation is None)
         view = chat.chat_log.last_view("assistant")
         assert view.data.state == "stopped" and view.has_class("-stopped")
+        assert not view.query_one(".meta").has_class("-streaming")
         assert 0 < len(view.data.content) < len(scripted_backend.long_reply(2000))
         assert meta(view).endswith("stopped")
         assert app.focused is chat.prompt

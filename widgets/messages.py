@@ -10,10 +10,12 @@ demand, so a long conversation keeps layout cheap (textual#5163).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
@@ -22,6 +24,7 @@ from textual.widgets import Button, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from engine.types import ReplyMetrics
+from widgets.reply_markdown import ReplyMarkdown
 
 MessageState = Literal["done", "streaming", "stopped", "error", "interrupted"]
 
@@ -31,12 +34,41 @@ the UI thread a Markdown parse and a screen update; on 2 cores that CPU comes ou
 model's decode, so 10 per second (benchmarks/tui_vs_ask.py: TUI/ask decode 0.61 at 60/s, 0.77 at
 15/s, 0.86 at 10/s)."""
 
+CHUNK_BLOCKS = 12
+"""A streaming reply goes on in a new Markdown widget once the current one holds this many
+top-level blocks. A write then lays out only the widget it lands in, not the whole reply
+(benchmarks/tui_stream.py)."""
+
+_PARSER = MarkdownIt("gfm-like")
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
 def code_blocks(markdown: str) -> list[str]:
     """The bodies of the fenced code blocks in `markdown`, in order."""
     return [match.group(2) for match in _FENCE.finditer(markdown)]
+
+
+def split_at_last_block(written: str, new: str, scan_from: int = 0) -> tuple[str, str] | int:
+    """Where `new`, appended to `written`, starts the last top-level block of the whole text.
+
+    Returns (head, tail) when that block starts inside `new` (on a line of its own): `head`
+    ends the blocks before it and `tail` begins it. Otherwise the offset in `written` where the
+    last block starts, so that the next call can parse from there (`scan_from`): the blocks
+    before the last one are complete (Textual's Markdown streaming assumes the same).
+    """
+    text = written[scan_from:] + new
+    start = None
+    for token in reversed(_PARSER.parse(text)):
+        if token.map is not None and token.level == 0:
+            start = token.map[0]
+            break
+    if start is None:
+        return scan_from
+    offset = scan_from + sum(len(line) for line in text.splitlines(keepends=True)[:start])
+    if offset < len(written) or offset == 0:
+        return offset
+    cut = offset - len(written)
+    return new[:cut], new[cut:]
 
 
 def format_tps(value: float) -> str:
@@ -131,6 +163,13 @@ class AssistantMessage(MessageView):
         super().__init__(data, **kwargs)
         self._pending: list[str] = []
         self._stream: MarkdownStream | None = None
+        self._live: Markdown | None = None
+        """The Markdown widget the stream writes to (the last chunk)."""
+        self._live_source = ""
+        self._scan_from = 0
+        self._writing = asyncio.Lock()
+        """Held while text goes to the Markdown: a frame's write and the final one never
+        interleave (starting a new chunk awaits)."""
         self._timer: Timer | None = None
         self.shown_chars = 0
         """Characters written to the Markdown so far (for tests and benchmarks)."""
@@ -139,16 +178,34 @@ class AssistantMessage(MessageView):
 
     def compose(self) -> ComposeResult:
         yield Static(self.ROLE_LABEL, classes="role")
-        yield Markdown(self.data.content, classes="body")
+        yield ReplyMarkdown(self.data.content, classes="body")
         yield Static(reply_meta(self.data.metrics, self.data.state), markup=False, classes="meta")
 
     def on_mount(self) -> None:
-        self.set_class(self.data.state != "done", f"-{self.data.state}")
+        self._mark_state()
+
+    def _mark_state(self) -> None:
+        """Classes for the state: "-streaming" on the metrics line only (a class on the message
+        would restyle every block of a long reply when it ends), the others on the message."""
+        state = self.data.state
+        self.query_one(".meta", Static).set_class(state == "streaming", "-streaming")
+        for other in ("stopped", "error", "interrupted"):
+            self.set_class(state == other, f"-{other}")
 
     @property
     def markdown(self) -> Markdown:
-        """The Markdown widget holding the reply."""
+        """The first Markdown widget of the reply (the only one unless it streamed long)."""
         return self.query_one(Markdown)
+
+    @property
+    def chunks(self) -> list[Markdown]:
+        """The reply's Markdown widgets, in order (see `CHUNK_BLOCKS`)."""
+        return [child for child in self.children if isinstance(child, Markdown)]
+
+    @property
+    def source(self) -> str:
+        """The Markdown source shown, all chunks together."""
+        return "".join(chunk.source for chunk in self.chunks)
 
     @property
     def streaming(self) -> bool:
@@ -158,8 +215,11 @@ class AssistantMessage(MessageView):
     def start_stream(self) -> None:
         """Begin streaming: later `feed` calls append text, one write per frame."""
         self.data.state = "streaming"
-        self.add_class("-streaming")
-        self._stream = Markdown.get_stream(self.markdown)
+        self._mark_state()
+        self._live = self.chunks[-1]
+        self._live_source = self._live.source
+        self._scan_from = 0
+        self._stream = Markdown.get_stream(self._live)
 
     def feed(self, text: str) -> None:
         """Queue streamed text; it reaches the screen on the next frame. A frame is scheduled
@@ -170,11 +230,31 @@ class AssistantMessage(MessageView):
 
     async def _flush(self) -> None:
         self._timer = None
+        async with self._writing:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
         if not self._pending or self._stream is None:
             return
         chunk = "".join(self._pending)
         self._pending.clear()
         self.shown_chars += len(chunk)
+        live = self._live
+        if live is not None and len(live.children) >= CHUNK_BLOCKS:
+            split = split_at_last_block(self._live_source, chunk, self._scan_from)
+            if isinstance(split, int):
+                self._scan_from = split
+            else:
+                head, chunk = split
+                if head:
+                    await self._stream.write(head)
+                await self._stream.stop()
+                self._live = ReplyMarkdown(classes="body")
+                await self.mount(self._live, after=live)
+                self._live_source = ""
+                self._scan_from = 0
+                self._stream = Markdown.get_stream(self._live)
+        self._live_source += chunk
         await self._stream.write(chunk)
 
     def set_meta(self, text: str) -> None:
@@ -188,20 +268,23 @@ class AssistantMessage(MessageView):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
-        await self._flush()
-        streamed = self._stream is not None
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
-            async with self.markdown.lock:  # an append still running lands first
-                pass
+        async with self._writing:
+            await self._write_pending()
+            streamed = self._stream is not None
+            if self._stream is not None:
+                await self._stream.stop()
+                self._stream = None
+            for chunk in self.chunks:  # an append still running lands first
+                async with chunk.lock:
+                    pass
         self.data.content = text
         self.data.metrics = metrics
         self.data.state = state
-        self.remove_class("-streaming")
-        self.set_class(state != "done", f"-{state}")
+        self._mark_state()
         if not (streamed and self.stream_is_faithful(text)):
             self.full_updates += 1
+            for extra in self.chunks[1:]:
+                await extra.remove()
             await self.markdown.update(text)
         self.shown_chars = len(text)
         self.set_meta(reply_meta(metrics, state))
@@ -210,10 +293,10 @@ class AssistantMessage(MessageView):
         """Whether the streamed blocks already show `text` exactly: same source, and every
         code block with its whole body (textual#6518). Then the final re-render is skipped,
         which keeps the end of a long reply instant."""
-        markdown = self.markdown
-        if markdown.source != text:
+        if self.source != text:
             return False
-        fences = [getattr(f, "code", None) for f in markdown.query("MarkdownFence")]
+        fences = [getattr(f, "code", None) for chunk in self.chunks
+                  for f in chunk.query("MarkdownFence")]
         expected = code_blocks(text)
         if "```" in text or "~~~" in text or fences:
             if len(fences) != len(expected):

@@ -1,0 +1,183 @@
+"""Reply Markdown: flat lists and tables, and long replies streamed into several widgets.
+
+The screen text is read from the real compositor of a headless app, so these tests check what a
+user would see: the same text as Textual's own Markdown for lists, a boxed table, Textual's
+layout kept for list items that hold more than one block, and a streamed reply that ends up
+exactly like the same reply rendered in one go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+from textual.app import App, ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Markdown
+
+from tests.scripted_backend import REPLY, long_reply
+from widgets.messages import CHUNK_BLOCKS, AssistantMessage, MessageData, split_at_last_block
+from widgets.reply_markdown import FlatBlock, ReplyMarkdown, ReplyTable
+
+WIDTH = 60
+
+LISTS = """\
+Intro
+
+- one item that is long enough to wrap around the width of this screen, for sure
+- two `code` and **bold**
+
+3. three
+4. four
+"""
+
+NESTED = """\
+- top item
+  - nested one
+  - nested two
+- item with code:
+
+  ```python
+  x = 1
+  ```
+- plain
+"""
+
+
+class Host(App[None]):
+    """A scrolling view with one widget in it."""
+
+    def __init__(self, widget: Any) -> None:
+        super().__init__()
+        self.widget = widget
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield self.widget
+
+
+def screen_text(app: App[Any]) -> list[str]:
+    """The screen's lines, right-trimmed, without trailing blank lines."""
+    console = Console(width=WIDTH, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(app.screen._compositor)
+    lines = [line.rstrip() for line in console.export_text().splitlines()]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+async def render(widget_class: type[Markdown], text: str,
+                 check: Callable[[Markdown], None] | None = None) -> list[str]:
+    """The screen's lines with `text` in a `widget_class`; `check` runs on the live widget."""
+    markdown = widget_class()
+    app = Host(markdown)
+    async with app.run_test(size=(WIDTH, 50)) as pilot:
+        await markdown.update(text)
+        await pilot.pause()
+        if check is not None:
+            check(markdown)
+        return screen_text(app)
+
+
+async def test_flat_lists_show_what_textual_shows_in_one_widget() -> None:
+    def check(markdown: Markdown) -> None:
+        lists = [block for block in markdown.children if isinstance(block, FlatBlock)]
+        assert len(lists) == 2 and all(block.flat and not block.children for block in lists)
+        assert lists[1].plain == " 3. three\n 4. four"
+
+    ours = await render(ReplyMarkdown, LISTS, check)
+    textual = await render(Markdown, LISTS)
+    assert ours == textual  # bullets, numbering, hanging indents, margins
+    assert "    of this screen, for sure" in ours  # wrapped under the text, not the bullet
+
+
+async def test_items_with_more_than_a_paragraph_keep_textuals_layout() -> None:
+    def check(markdown: Markdown) -> None:
+        outer = markdown.children[0]
+        assert isinstance(outer, FlatBlock) and not outer.flat and outer.children
+        inner = next(w for w in outer.walk_children() if isinstance(w, FlatBlock))
+        # the nested list is simple: flat again
+        assert inner.flat and inner.plain.endswith("nested two")
+
+    ours = await render(ReplyMarkdown, NESTED, check)
+    textual = await render(Markdown, NESTED)
+    assert ours == textual
+
+
+async def test_a_table_is_one_boxed_widget_that_fits_its_width() -> None:
+    def check(markdown: Markdown) -> None:
+        table = markdown.query_one(ReplyTable)
+        assert table.flat and not table.children
+        assert table.plain == "Tea | Water | Minutes\nGreen | 80 °C | 2-3\nBlack | 95 °C | 3-5"
+
+    lines = await render(ReplyMarkdown, REPLY, check)
+    start = lines.index("  ┌───────┬───────┬─────────┐")
+    assert lines[start:start + 6] == [
+        "  ┌───────┬───────┬─────────┐",
+        "  │ Tea   │ Water │ Minutes │",
+        "  ├───────┼───────┼─────────┤",
+        "  │ Green │ 80 °C │ 2-3     │",
+        "  │ Black │ 95 °C │ 3-5     │",
+        "  └───────┴───────┴─────────┘",
+    ]
+    wide = "| a | b |\n|---|---|\n| " + "many words " * 12 + "| x |\n"
+    lines = await render(ReplyMarkdown, wide)
+    assert len(lines) > 5 and all(len(line) <= WIDTH for line in lines)  # wrapped in its cell
+    assert lines[3].startswith("  │ many words") and lines[3].endswith("│ x │")
+
+
+def test_split_at_last_block() -> None:
+    # the last block starts inside the new text: split there
+    assert split_at_last_block("# A\n\npara one\n", "\nsecond para") == ("\n", "second para")
+    # the last block began in what was written: say where, to parse from there next time
+    written = "# A\n\npara one"
+    offset = split_at_last_block(written, " goes on")
+    assert offset == written.index("para")
+    assert split_at_last_block(written, " on\n\nnew", offset) == (" on\n\n", "new")
+    assert split_at_last_block("", "just text") == 0
+
+
+async def test_a_long_streamed_reply_spans_chunks_and_equals_a_one_shot_render() -> None:
+    text = long_reply(800)
+    view = AssistantMessage(MessageData("assistant", ""))
+    app = Host(view)
+    async with app.run_test(size=(WIDTH, 40)) as pilot:
+        view.start_stream()
+        for start in range(0, len(text), 37):  # many small writes, as a model gives them
+            view.feed(text[start:start + 37])
+            if start % (37 * 8) == 0:
+                await pilot.pause(0.12)  # let frames go by
+        await view.finish(text, None)
+        await pilot.pause()
+        chunks = view.chunks
+        assert len(chunks) > 1 and all(len(c.children) >= CHUNK_BLOCKS for c in chunks[:-1])
+        assert view.source == text and view.full_updates == 0
+        shown = [type(b).__name__ for c in chunks for b in c.children]
+        reference = ReplyMarkdown()
+        await app.screen.mount(reference)
+        await reference.update(text)
+        assert shown == [type(b).__name__ for b in reference.children]
+        texts = [getattr(b, "plain", None) or str(b.content) for c in chunks for b in c.children
+                 if isinstance(b, FlatBlock) or not b.children]
+        expected = [getattr(b, "plain", None) or str(b.content) for b in reference.children
+                    if isinstance(b, FlatBlock) or not b.children]
+        assert texts == expected
+
+
+async def test_the_final_write_and_a_frame_never_interleave() -> None:
+    """finish() while a frame's write (which may start a new chunk) is still running."""
+    text = long_reply(400)
+    view = AssistantMessage(MessageData("assistant", ""))
+    app = Host(view)
+    async with app.run_test(size=(WIDTH, 40)) as pilot:
+        view.start_stream()
+        view.feed(text[: len(text) // 2])
+        await pilot.pause(0.15)
+        view.feed(text[len(text) // 2:])
+        flush = asyncio.ensure_future(view._flush())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(view.finish(text, None), 10)
+        await flush
+        assert view.source == text and view.data.state == "done"
