@@ -44,6 +44,7 @@ from engine import registry  # noqa: E402
 from engine.types import ChatMessage, Piece, SamplingParams, StreamStats  # noqa: E402
 from tests.scripted_backend import ScriptedBackend, long_reply  # noqa: E402
 from widgets.messages import AssistantMessage  # noqa: E402
+from widgets.reply_markdown import FlatBlock  # noqa: E402
 
 LATENCY_TARGET_MS = 100.0
 RSS_GROWTH_TARGET_MB = 100.0
@@ -103,8 +104,10 @@ def rss_mb() -> float:
 
 
 def rendered_blocks(markdown: Markdown) -> list[tuple[str, str]]:
-    """What a Markdown widget shows: (widget type, text) of every Static inside it."""
-    return [(type(w).__name__, str(w.content)) for w in markdown.query(Static)]
+    """What a Markdown widget shows: (widget type, text) of every Static inside it (a flat
+    list or table: its text, whatever the width)."""
+    return [(type(w).__name__, w.plain if isinstance(w, FlatBlock) and w.flat else str(w.content))
+            for w in markdown.query(Static)]
 
 
 def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
@@ -123,13 +126,13 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
         record.frames.append(now)
         view = record.view
         if (record.stream_complete_at is None and view is not None and record.reply
-                and view.markdown.source == record.reply):
+                and view.source == record.reply):
             record.stream_complete_at = now
 
     def update(self: Markdown, markdown: str) -> Any:
         view = record.view
-        if view is not None and self is view.markdown and markdown == record.reply:
-            record.streamed_source = self.source  # the final full re-render, if any
+        if view is not None and self in view.chunks and markdown == record.reply:
+            record.streamed_source = view.source  # the final full re-render, if any
         return original_update(self, markdown)
 
     def feed(self: AssistantMessage, text: str) -> None:
@@ -231,13 +234,13 @@ async def run(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, Any]
                                                 if times[0] <= t <= last_token)
             streamed = record.streamed_source
             if streamed is None:  # no final re-render: what is shown is what was streamed
-                streamed = view.markdown.source
+                streamed = view.source
             out["streamed_all"] = streamed == reply
             out["full_updates"] = getattr(view, "full_updates", None)
-            out["final_source_ok"] = view.markdown.source == reply
+            out["final_source_ok"] = view.source == reply
             out["scrolled_to_end"] = chat.chat_log.is_vertical_scroll_end
-            shown = rendered_blocks(view.markdown)
-            reference = Markdown(id="reference")
+            shown = [block for chunk in view.chunks for block in rendered_blocks(chunk)]
+            reference = type(view.markdown)(id="reference")
             await app.screen.mount(reference)
             await reference.update(reply)
             await pilot.pause(0.2)
@@ -245,6 +248,7 @@ async def run(tokens: int, rate: float, size: tuple[int, int]) -> dict[str, Any]
             out["rendered_same"] = [t for _, t in shown] == [t for _, t in expected] and bool(shown)
             out["same_widgets"] = shown == expected
             out["blocks"] = len(shown)
+            out["chunks"] = len(view.chunks)
             out["first_difference"] = next(
                 ((i, a, b) for i, (a, b) in enumerate(zip(shown, expected, strict=False))
                  if a != b),
@@ -268,7 +272,8 @@ def report(out: dict[str, Any]) -> bool:
           f"(backend achieved {out['backend_tps']:,.0f} tokens/s)")
     print(f"  every token shown: streamed source == reply: {out['streamed_all']}, final source "
           f"== reply: {out['final_source_ok']}, rendered text == one-shot render's "
-          f"({out['blocks']} widgets): {out['rendered_same']}, scrolled to end: "
+          f"({out['blocks']} widgets in {out['chunks']} Markdown widgets): "
+          f"{out['rendered_same']}, scrolled to end: "
           f"{out['scrolled_to_end']}, final full re-renders: {out['full_updates']}  "
           f"[{verdict[shown_ok]}]")
     print(f"  whole reply on screen {out['latency_ms']:.1f} ms after the last token "
