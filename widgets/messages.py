@@ -3,6 +3,8 @@
 Replies stream through `Markdown.get_stream()`. Text fed to a reply is buffered and written to
 the stream at most once per frame, however fast tokens arrive, and the Markdown gets one full
 `update()` when the reply ends (streamed code blocks can otherwise lose their body, textual#6518).
+A long reply streams into several Markdown widgets, a new one every `CHUNK_BLOCKS` blocks, so a
+write lays out only the newest part.
 
 The log mounts only the most recent messages (`ChatLog.window`); older ones are loaded on
 demand, so a long conversation keeps layout cheap (textual#5163).
