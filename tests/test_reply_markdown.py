@@ -167,17 +167,23 @@ async def test_a_long_streamed_reply_spans_chunks_and_equals_a_one_shot_render()
 
 
 async def test_the_final_write_and_a_frame_never_interleave() -> None:
-    """finish() while a frame's write (which may start a new chunk) is still running."""
+    """finish() while a frame's write is starting a new chunk (which awaits) must wait for it."""
     text = long_reply(400)
+    cut = text.index("### Part 4")  # three parts: more than CHUNK_BLOCKS blocks
     view = AssistantMessage(MessageData("assistant", ""))
     app = Host(view)
     async with app.run_test(size=(WIDTH, 40)) as pilot:
         view.start_stream()
-        view.feed(text[: len(text) // 2])
-        await pilot.pause(0.15)
-        view.feed(text[len(text) // 2:])
+        view.feed(text[:cut])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(view.chunks[-1].children) < CHUNK_BLOCKS:
+            assert loop.time() < deadline, "the first part never rendered"
+            await pilot.pause(0.05)
+        view.feed(text[cut:])
         flush = asyncio.ensure_future(view._flush())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the frame's write is now inside the new-chunk step
         await asyncio.wait_for(view.finish(text, None), 10)
         await flush
+        assert len(view.chunks) == 2  # the frame's new chunk landed before the end
         assert view.source == text and view.data.state == "done"
