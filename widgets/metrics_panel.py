@@ -12,6 +12,7 @@ from textual.widgets import Sparkline, Static
 
 from engine.metrics import rss_bytes
 from engine.types import ModelInfo, ReplyMetrics
+from widgets.layout_pass import relayout_if_resized
 from widgets.messages import format_ms, format_tps
 
 
@@ -148,6 +149,7 @@ class MetricsPanel(VerticalScroll):
     def __init__(self, session: SessionMetrics, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.session = session
+        self._rows_text: str | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("Metrics", classes="title")
@@ -158,7 +160,17 @@ class MetricsPanel(VerticalScroll):
         yield Sparkline([], id="ttft")
 
     def refresh_metrics(self) -> None:
-        """Redraw from `session`."""
-        self.query_one("#rows", Static).update(render_rows(self.session.rows()))
-        self.query_one("#tps", Sparkline).data = self.session.tps_series()[-40:]
-        self.query_one("#ttft", Sparkline).data = self.session.ttft_series()[-40:]
+        """Redraw from `session`: only what changed, and a layout pass only when the rows
+        need another line (it is called several times a second while a reply streams)."""
+        rows = self.query_one("#rows", Static)
+        text = render_rows(self.session.rows())
+        if text != self._rows_text:
+            self._rows_text = text
+            before = rows.content_size
+            rows.update(text, layout=False)
+            relayout_if_resized(rows, before)
+        for sparkline_id, series in (("#tps", self.session.tps_series()),
+                                     ("#ttft", self.session.ttft_series())):
+            sparkline = self.query_one(sparkline_id, Sparkline)
+            if list(sparkline.data or []) != series[-40:]:
+                sparkline.data = series[-40:]

@@ -31,6 +31,8 @@ from textual.widgets._markdown import (
     MarkdownTable,
 )
 
+from widgets.layout_pass import OneLayoutPass, relayout_if_resized
+
 LIST_SUFFIX = ". "
 
 
@@ -59,7 +61,7 @@ class ItemPart(Part):
         super().__init__(markdown, token, bullet or token.info)
 
 
-class FlatBlock(MarkdownBlock):
+class FlatBlock(OneLayoutPass, MarkdownBlock):
     """A block that draws all its lines itself, for the width it is given."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -88,9 +90,13 @@ class FlatBlock(MarkdownBlock):
 
     def redraw(self) -> None:
         """Forget the drawn lines; draw again on the next frame (the size may change)."""
+        before = self.content_size
         self._drawn = None
-        self._content_height_cache = (None, 0)
-        self.refresh(layout=True)
+        self.refresh()
+        if self._flat:
+            relayout_if_resized(self, before)
+        else:
+            self.refresh(layout=True)
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
         if not self._flat:
@@ -222,8 +228,15 @@ class ReplyOrderedList(MarkdownOrderedList, FlatList):
         return [symbol.rjust(size + 1) for symbol in symbols]
 
 
-class ReplyParagraph(MarkdownParagraph):
-    """A paragraph (a class of its own, so that list items can tell it apart)."""
+class ReplyParagraph(OneLayoutPass, MarkdownParagraph):
+    """A paragraph (a class of its own, so that list items can tell it apart). New text
+    streamed into it lays out the screen only when it needs another line."""
+
+    def set_content(self, content: Content) -> None:
+        before = self.content_size
+        self._content = content
+        self.update(content, layout=False)
+        relayout_if_resized(self, before)
 
 
 class ReplyTable(MarkdownTable, FlatBlock):
@@ -311,7 +324,7 @@ class ReplyTable(MarkdownTable, FlatBlock):
         await super()._update_from_block(block)
 
 
-class ReplyMarkdown(Markdown):
+class ReplyMarkdown(OneLayoutPass, Markdown):
     """Textual's Markdown, with flat lists and tables (see the module's docstring)."""
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
