@@ -26,6 +26,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.message import Message
 from textual.screen import Screen
 
+from app.gc_pause import FullCollectionPause
 from app.history import Conversation
 from app.screens.chat import ChatScreen
 from app.screens.dialogs import ConfirmScreen
@@ -157,6 +158,8 @@ class LampchatApp(App[int]):
         self.store: ChatStore = store or ChatStore()
         self.engine = engine or EngineWorker()
         self.session = SessionMetrics()
+        self.gc_pause = FullCollectionPause()
+        """Full garbage collections wait while a reply streams (see app/gc_pause.py)."""
         self.loading = False
         self.recent: list[ModelSpec] = []
         self._prompts: list[str] = []

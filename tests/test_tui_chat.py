@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from textual.widgets import DataTable, Input, Markdown, Static
 
 from app.cli import build_parser
 from app.config import load_config
+from app.gc_pause import NEVER
 from app.history import (
     HistoryStore,
     Message,
@@ -168,9 +170,13 @@ async def test_escape_stops_keeps_partial_marked_stopped_and_refocuses(config_fi
         await wait_for(pilot, lambda: chat.reply_view is not None
                        and chat.reply_view.shown_chars > 20)
         assert chat.reply_view.query_one(".meta").has_class("-streaming")
+        thresholds = app.gc_pause._saved
+        assert app.gc_pause.held and gc.get_threshold()[2] == NEVER  # no full collections
         chat.chat_log.focus()
         await pilot.press("escape")
         await wait_for(pilot, lambda: chat.generation is None)
+        await wait_for(pilot, lambda: not app.gc_pause.held)  # the reply is on screen
+        assert gc.get_threshold() == thresholds
         view = chat.chat_log.last_view("assistant")
         assert view.data.state == "stopped" and view.has_class("-stopped")
         assert not view.query_one(".meta").has_class("-streaming")

@@ -4,7 +4,10 @@ Replies stream through `Markdown.get_stream()`. Text fed to a reply is buffered 
 the stream at most once per frame, however fast tokens arrive, and the Markdown gets one full
 `update()` when the reply ends (streamed code blocks can otherwise lose their body, textual#6518).
 A long reply streams into several Markdown widgets, a new one every `CHUNK_BLOCKS` blocks, so a
-write lays out only the newest part.
+write lays out only the newest part; the finished ones that lie more than a screen above the view
+are folded into a `Fold` of the same height until the view comes near them again. A frame lays
+out the screen only when the reply needs another line (widgets/layout_pass.py), and the live
+metrics line is drawn with the frame, not on its own.
 
 The log mounts only the most recent messages (`ChatLog.window`); older ones are loaded on
 demand, so a long conversation keeps layout cheap (textual#5163).
@@ -14,18 +17,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
+from textual.events import Resize
+from textual.geometry import Region
 from textual.message import Message
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Button, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from engine.types import ReplyMetrics
+from widgets.layout_pass import OneLayoutPass, relayout_if_resized
 from widgets.reply_markdown import ReplyMarkdown
 
 MessageState = Literal["done", "streaming", "stopped", "error", "interrupted"]
@@ -34,7 +42,7 @@ FRAME_S = 1 / 10
 """How often buffered reply text is written to the screen while streaming. Each frame costs
 the UI thread a Markdown parse and a screen update; on 2 cores that CPU comes out of the
 model's decode, so 10 per second (benchmarks/tui_vs_ask.py: TUI/ask decode 0.61 at 60/s, 0.77 at
-15/s, 0.86 at 10/s)."""
+15/s, 0.86 at 10/s; with no frames at all about 0.95-0.99)."""
 
 CHUNK_BLOCKS = 12
 """A streaming reply goes on in a new Markdown widget once the current one holds this many
@@ -119,7 +127,27 @@ class MessageData:
     extra: dict[str, object] = field(default_factory=dict)
 
 
-class MessageView(Vertical):
+class Fold(Widget):
+    """Stands in for a finished part of a streaming reply that lies far above the view: the
+    same height, and nothing inside for a layout pass to walk. The part comes back (`unfold`)
+    when the view scrolls near it, the width changes, or the reply is re-rendered."""
+
+    DEFAULT_CSS = """
+    Fold { width: 1fr; }
+    """
+
+    def __init__(self, folded: Widget) -> None:
+        super().__init__()
+        self.folded = folded
+        self.styles.height = folded.region.height
+
+    def unfold(self) -> None:
+        """Show the part again in place of this stand-in."""
+        self.folded.display = True
+        self.remove()
+
+
+class MessageView(OneLayoutPass, Vertical):
     """Base class of a message in the log."""
 
     DEFAULT_CSS = """
@@ -173,6 +201,7 @@ class AssistantMessage(MessageView):
         """Held while text goes to the Markdown: a frame's write and the final one never
         interleave (starting a new chunk awaits)."""
         self._timer: Timer | None = None
+        self._after_frame: list[Callable[[], object]] = []
         self.shown_chars = 0
         """Characters written to the Markdown so far (for tests and benchmarks)."""
         self.full_updates = 0
@@ -234,6 +263,12 @@ class AssistantMessage(MessageView):
         self._timer = None
         async with self._writing:
             await self._write_pending()
+        self._run_after_frame()
+
+    def _run_after_frame(self) -> None:
+        callbacks, self._after_frame = self._after_frame, []
+        for callback in callbacks:
+            callback()
 
     async def _write_pending(self) -> None:
         if not self._pending or self._stream is None:
@@ -256,12 +291,43 @@ class AssistantMessage(MessageView):
                 self._live_source = ""
                 self._scan_from = 0
                 self._stream = Markdown.get_stream(self._live)
+                self.fold_far_above()
         self._live_source += chunk
         await self._stream.write(chunk)
 
+    def fold_far_above(self) -> None:
+        """Fold the finished chunks that lie more than a screen above the log's view, so that
+        each frame's layout pass walks only the part of a long reply near the view."""
+        log = self.parent
+        if not isinstance(log, ChatLog) or not log.is_vertical_scroll_end:
+            return
+        view = log.content_region
+        if not view.height:
+            return
+        for chunk in self.chunks[:-1]:
+            if chunk.display and chunk.region.bottom < view.y - view.height:
+                self.mount(Fold(chunk), before=chunk)
+                chunk.display = False
+
+    def unfold_all(self) -> None:
+        """Bring back every folded chunk."""
+        for fold in self.query_children(Fold):
+            fold.unfold()
+
     def set_meta(self, text: str) -> None:
-        """Replace the line under the reply."""
-        self.query_one(".meta", Static).update(text)
+        """Replace the line under the reply (a layout pass only if it needs more lines)."""
+        meta = self.query_one(".meta", Static)
+        before = meta.content_size
+        meta.update(text, layout=False)
+        relayout_if_resized(meta, before)
+
+    def with_next_frame(self, callback: Callable[[], object]) -> bool:
+        """Run `callback` right after the next frame's write, if a frame is due: its screen
+        update then happens with the frame's, not on its own. False when no frame is due."""
+        if self._timer is None:
+            return False
+        self._after_frame.append(callback)
+        return True
 
     async def finish(
         self, text: str, metrics: ReplyMetrics | None, state: MessageState = "done"
@@ -270,6 +336,7 @@ class AssistantMessage(MessageView):
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
+        self._after_frame.clear()
         async with self._writing:
             await self._write_pending()
             streamed = self._stream is not None
@@ -285,6 +352,7 @@ class AssistantMessage(MessageView):
         self._mark_state()
         if not (streamed and self.stream_is_faithful(text)):
             self.full_updates += 1
+            self.unfold_all()
             for extra in self.chunks[1:]:
                 await extra.remove()
             await self.markdown.update(text)
@@ -319,7 +387,7 @@ def make_view(data: MessageData) -> MessageView:
     return SystemNote(data)
 
 
-class ChatLog(VerticalScroll):
+class ChatLog(OneLayoutPass, VerticalScroll):
     """The scrolling conversation. Only the last `window` messages are mounted at first.
 
     It stays anchored to the bottom (following a stream) until the user scrolls up.
@@ -338,6 +406,7 @@ class ChatLog(VerticalScroll):
         self.window = window
         self.messages: list[MessageData] = []
         self._first_mounted = 0
+        self._folded_width = 0
 
     @property
     def hidden_count(self) -> int:
@@ -346,6 +415,25 @@ class ChatLog(VerticalScroll):
 
     def on_mount(self) -> None:
         self.anchor()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self.unfold_near(new_value - old_value)
+
+    def on_resize(self, event: Resize) -> None:
+        if event.size.width != self._folded_width:
+            self._folded_width = event.size.width
+            for message in self.query_children(AssistantMessage):
+                message.unfold_all()
+
+    def unfold_near(self, shift: float = 0) -> None:
+        """Bring back folded chunks within a screen of the view, once the view has moved by
+        `shift` lines (folds far above the view stay folded)."""
+        view = self.content_region
+        near = Region(view.x, view.y - view.height, view.width, view.height * 3)
+        for fold in self.query(Fold):
+            if fold.region.translate((0, -round(shift))).overlaps(near):
+                fold.unfold()
 
     async def action_scroll_home(self) -> None:
         """Home: load the older messages first (if any are not mounted), then go to the top."""

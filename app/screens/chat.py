@@ -251,11 +251,19 @@ class ChatScreen(Screen[None]):
         session = self.lampchat.session
         session.start_reply()
         self._live_timer = self.set_interval(LIVE_REFRESH_S, self._refresh_live)
+        self.lampchat.gc_pause.hold()
         self.stream_reply(generation, view)
 
     @work(group="reply", exit_on_error=False)
     async def stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
-        """Feed the reply's pieces to its view (coalesced there per frame), then finish it."""
+        """Feed the reply's pieces to its view (coalesced there per frame), then finish it.
+        Full garbage collections wait until the finished reply is on screen."""
+        try:
+            await self._stream_reply(generation, view)
+        finally:
+            self.call_after_refresh(self.lampchat.gc_pause.release)
+
+    async def _stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
         session = self.lampchat.session
         store = self.lampchat.store
         conversation = self.conversation
@@ -303,6 +311,14 @@ class ChatScreen(Screen[None]):
         self.metrics_panel.refresh_metrics()
 
     def _refresh_live(self) -> None:
+        """Every `LIVE_REFRESH_S` while a reply streams: its live metrics line and the panel,
+        drawn with the reply's next frame when one is due (one screen update, not two)."""
+        view = self.reply_view
+        if view is not None and view.with_next_frame(self._draw_live):
+            return
+        self._draw_live()
+
+    def _draw_live(self) -> None:
         session = self.lampchat.session
         if self.reply_view is not None:
             ttft = session.live_ttft_ms

@@ -1,0 +1,133 @@
+"""What a streaming frame costs the UI: layout passes, folded chunks, held-off full collections.
+
+The layout passes are counted on the real compositor of a headless app; the folded chunks of a
+long reply are checked against the same log with everything unfolded (same height, same text
+on screen) and against the text shown after scrolling back to the top.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from textual._compositor import Compositor
+from textual.app import App, ComposeResult
+
+from app.gc_pause import NEVER, FullCollectionPause
+from tests.scripted_backend import long_reply
+from tests.test_reply_markdown import screen_text
+from widgets.messages import AssistantMessage, ChatLog, Fold, MessageData
+
+
+class LogHost(App[None]):
+    """The chat log alone."""
+
+    def compose(self) -> ComposeResult:
+        yield ChatLog()
+
+
+@pytest.fixture
+def reflows(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """A list that gets one item per full layout pass of any screen."""
+    calls: list[int] = []
+    original = Compositor.reflow
+
+    def reflow(self: Compositor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Compositor, "reflow", reflow)
+    yield calls
+
+
+async def test_a_frame_lays_out_only_when_the_reply_needs_another_line(
+    reflows: list[int],
+) -> None:
+    app = LogHost()
+    async with app.run_test(size=(80, 30)) as pilot:
+        log = app.query_one(ChatLog)
+        view = await log.add(MessageData("assistant", ""))
+        assert isinstance(view, AssistantMessage)
+        view.start_stream()
+        view.feed("Once upon a time")
+        await view._flush()
+        await pilot.pause(0.1)
+        reflows.clear()
+        view.feed(", there was a lamp")  # still one line
+        await view._flush()
+        await pilot.pause(0.1)
+        assert reflows == []  # a repaint of the paragraph, no layout pass
+        assert "there was a lamp" in "\n".join(screen_text(app))
+        view.feed(" that" + " glowed" * 12)  # wraps onto a second line
+        await view._flush()
+        await pilot.pause(0.1)
+        # one pass for the new line: a resized widget does not ask for a second one
+        assert len(reflows) == 1
+        assert view.markdown.children[0].size.height == 2
+
+
+async def test_chunks_far_above_the_view_fold_and_come_back(reflows: list[int]) -> None:
+    text = long_reply(1600)
+    app = LogHost()
+    async with app.run_test(size=(60, 20)) as pilot:
+        log = app.query_one(ChatLog)
+        view = await log.add(MessageData("assistant", ""))
+        assert isinstance(view, AssistantMessage)
+        view.start_stream()
+        for start in range(0, len(text), 200):
+            view.feed(text[start:start + 200])
+            await view._flush()
+            await pilot.pause()
+        await view.finish(text, None)
+        await pilot.pause(0.1)
+        folded = [chunk for chunk in view.chunks if not chunk.display]
+        assert len(folded) >= 2 and view.chunks[-1].display
+        assert len(view.query_children(Fold)) == len(folded)
+        height = log.virtual_size.height
+        bottom = screen_text(app)
+
+        view.unfold_all()  # the same log with every chunk in place
+        await pilot.pause(0.1)
+        assert not view.query_children(Fold) and all(c.display for c in view.chunks)
+        assert log.virtual_size.height == height  # a fold is exactly as tall as its chunk
+        assert screen_text(app) == bottom
+
+        view.fold_far_above()
+        await pilot.pause(0.1)
+        assert view.query_children(Fold)
+        log.scroll_home(animate=False)  # the user scrolls back: the top comes back
+        await pilot.pause(0.2)
+        assert view.chunks[0].display
+        top = "\n".join(screen_text(app))
+        assert "Part 1" in top and "Here is a short guide" in top
+
+        view.fold_far_above()  # not following the stream: nothing folds
+        await pilot.pause(0.1)
+        assert view.chunks[0].display
+
+        log.scroll_end(animate=False)
+        await pilot.pause(0.1)
+        view.fold_far_above()
+        await pilot.pause(0.1)
+        assert view.query_children(Fold)
+        await pilot.resize_terminal(50, 20)  # new width, new heights: everything unfolds
+        await pilot.pause(0.2)
+        assert not view.query_children(Fold) and all(c.display for c in view.chunks)
+
+
+def test_full_collections_are_held_off_and_nest() -> None:
+    before = gc.get_threshold()
+    pause = FullCollectionPause()
+    pause.hold()
+    try:
+        assert pause.held and gc.get_threshold() == (before[0], before[1], NEVER)
+        pause.hold()
+        pause.release()
+        assert gc.get_threshold()[2] == NEVER  # still one hold
+    finally:
+        pause.release()
+    assert not pause.held and gc.get_threshold() == before
+    pause.release()  # one too many: harmless
+    assert gc.get_threshold() == before
