@@ -140,9 +140,9 @@ def install_hooks(app: LampchatApp, record: Record) -> Callable[[], None]:
             record.last_feed_at = time.perf_counter()
         original_feed(self, text)
 
-    def start_stream(self: AssistantMessage) -> None:
+    def start_stream(self: AssistantMessage, *args: Any, **kwargs: Any) -> None:
         record.view = self
-        original_start(self)
+        original_start(self, *args, **kwargs)
 
     async def finish(self: AssistantMessage, *args: Any, **kwargs: Any) -> None:
         await original_finish(self, *args, **kwargs)

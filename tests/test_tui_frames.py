@@ -1,4 +1,5 @@
-"""What a streaming frame costs the UI: layout passes, folded chunks, held-off full collections.
+"""What a streaming frame costs the UI: layout passes, folded chunks, frame pacing, held-off full
+collections.
 
 The layout passes are counted on the real compositor of a headless app; the folded chunks of a
 long reply are checked against the same log with everything unfolded (same height, same text
@@ -8,6 +9,7 @@ on screen) and against the text shown after scrolling back to the top.
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +20,7 @@ from textual.app import App, ComposeResult
 from app.gc_pause import NEVER, FullCollectionPause
 from tests.scripted_backend import long_reply
 from tests.test_reply_markdown import screen_text
+from widgets.frame_pacer import FRAME_S, MAX_FRAME_S, FramePacer
 from widgets.messages import AssistantMessage, ChatLog, Fold, MessageData
 
 
@@ -131,3 +134,58 @@ def test_full_collections_are_held_off_and_nest() -> None:
     assert not pause.held and gc.get_threshold() == before
     pause.release()  # one too many: harmless
     assert gc.get_threshold() == before
+
+
+def burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_frames_keep_the_ui_thread_within_its_cpu_budget() -> None:
+    free = FramePacer()  # no budget: always the shortest interval
+    burn(0.05)
+    assert free.next_delay() == FRAME_S
+    paced = FramePacer(budget=0.1)
+    burn(0.003)  # a cheap frame: 3 ms at 10 % -> 30 ms, below the shortest interval
+    assert paced.next_delay() == FRAME_S
+    paced = FramePacer(budget=0.1)
+    burn(0.02)  # 20 ms at 10 % -> 200 ms between frames
+    assert 0.18 <= paced.next_delay() <= 0.3
+    burn(0.2)  # very costly frames: capped, text still appears 3 times a second
+    assert paced.next_delay() == MAX_FRAME_S
+
+
+async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.screens import chat as chat_screen
+    from app.tui import LampchatApp, TuiOptions
+    from app.tui_store import ChatStore
+    from engine.types import SamplingParams
+    from tests import scripted_backend
+
+    scripted_backend.install(monkeypatch)
+    budgets: list[float | None] = []
+    original = AssistantMessage.start_stream
+
+    def start_stream(self: AssistantMessage, cpu_budget: float | None = None) -> None:
+        budgets.append(cpu_budget)
+        original(self, cpu_budget)
+
+    monkeypatch.setattr(AssistantMessage, "start_stream", start_stream)
+    options = TuiOptions(model="scripted://demo?rate=0", backend="scripted",
+                         sampling=SamplingParams(max_tokens=16), show_metrics=False)
+    app = LampchatApp(options, ChatStore())
+    async with app.run_test(size=(100, 30)) as pilot:
+        while app.engine.info is None or app.loading:
+            await pilot.pause(0.05)
+        for backend in ("scripted", "llama.cpp"):  # a scripted model takes no CPU to decode
+            monkeypatch.setattr(app.engine.info, "backend", backend)
+            app.chat.prompt.load_text("hello")
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            while app.chat.generation is not None:
+                await pilot.pause(0.05)
+    assert budgets == [None, chat_screen.LOCAL_CPU_BUDGET]

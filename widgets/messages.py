@@ -33,16 +33,11 @@ from textual.widgets import Button, Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from engine.types import ReplyMetrics
+from widgets.frame_pacer import FramePacer
 from widgets.layout_pass import OneLayoutPass, relayout_if_resized
 from widgets.reply_markdown import ReplyMarkdown
 
 MessageState = Literal["done", "streaming", "stopped", "error", "interrupted"]
-
-FRAME_S = 1 / 10
-"""How often buffered reply text is written to the screen while streaming. Each frame costs
-the UI thread a Markdown parse and a screen update; on 2 cores that CPU comes out of the
-model's decode, so 10 per second (benchmarks/tui_vs_ask.py: TUI/ask decode 0.61 at 60/s, 0.77 at
-15/s, 0.86 at 10/s; with no frames at all about 0.95-0.99)."""
 
 CHUNK_BLOCKS = 12
 """A streaming reply goes on in a new Markdown widget once the current one holds this many
@@ -201,6 +196,8 @@ class AssistantMessage(MessageView):
         """Held while text goes to the Markdown: a frame's write and the final one never
         interleave (starting a new chunk awaits)."""
         self._timer: Timer | None = None
+        self._pacer = FramePacer()
+        self._delay = self._pacer.min_s
         self._after_frame: list[Callable[[], object]] = []
         self.shown_chars = 0
         """Characters written to the Markdown so far (for tests and benchmarks)."""
@@ -243,8 +240,11 @@ class AssistantMessage(MessageView):
         """Whether the reply is still streaming."""
         return self._stream is not None
 
-    def start_stream(self) -> None:
-        """Begin streaming: later `feed` calls append text, one write per frame."""
+    def start_stream(self, cpu_budget: float | None = None) -> None:
+        """Begin streaming: later `feed` calls append text, one write per frame. With a
+        `cpu_budget`, frames are spaced to keep the UI thread within it (see FramePacer)."""
+        self._pacer = FramePacer(cpu_budget)
+        self._delay = self._pacer.min_s
         self.data.state = "streaming"
         self._mark_state()
         self._live = self.chunks[-1]
@@ -257,13 +257,14 @@ class AssistantMessage(MessageView):
         only when text is waiting, so nothing wakes the UI while the model thinks."""
         self._pending.append(text)
         if self._timer is None and self._stream is not None:
-            self._timer = self.set_timer(FRAME_S, self._flush, name="reply-frame")
+            self._timer = self.set_timer(self._delay, self._flush, name="reply-frame")
 
     async def _flush(self) -> None:
         self._timer = None
         async with self._writing:
             await self._write_pending()
         self._run_after_frame()
+        self._delay = self._pacer.next_delay()
 
     def _run_after_frame(self) -> None:
         callbacks, self._after_frame = self._after_frame, []

@@ -21,6 +21,7 @@ from app.tui_store import message_state, metrics_from_dict
 from engine.errors import LampchatError
 from engine.types import ReplyMetrics
 from engine.worker import Generation
+from widgets.frame_pacer import LOCAL_CPU_BUDGET
 from widgets.messages import (
     AssistantMessage,
     ChatLog,
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIVE_REFRESH_S = 0.25
+
+LOCAL_BACKENDS = frozenset({"llama.cpp", "native", "onnx", "mlx"})
+"""Backends that decode on this machine: on its CPU, the reply's frames keep to a CPU budget."""
 """How often the live metrics (under the streaming reply, in the panel) are redrawn."""
 
 
@@ -237,11 +241,12 @@ class ChatScreen(Screen[None]):
             return
         self.chat_log.anchor()  # a new reply is followed again, even after scrolling up
         view = cast(AssistantMessage, await self.chat_log.add(MessageData("assistant", "")))
-        view.start_stream()
+        info = self.lampchat.engine.info
+        local_cpu = info is not None and info.backend in LOCAL_BACKENDS and info.device == "cpu"
+        view.start_stream(LOCAL_CPU_BUDGET if local_cpu else None)
         self.generation = generation
         self.reply_view = view
         self._code_index = 0
-        info = self.lampchat.engine.info
         try:
             self.lampchat.store.begin_reply(
                 self.conversation, info.name if info else "", info.backend if info else ""
@@ -309,6 +314,9 @@ class ChatScreen(Screen[None]):
         if error:
             self.notify(error, title="Reply failed", severity="error")
         self.metrics_panel.refresh_metrics()
+        # Frames repaint only what changed; once the reply is over, the whole screen is drawn
+        # again, so that nothing a frame left behind (a lost write, a stale line) outlives it.
+        self.refresh()
 
     def _refresh_live(self) -> None:
         """Every `LIVE_REFRESH_S` while a reply streams: its live metrics line and the panel,
