@@ -147,14 +147,20 @@ def test_frames_keep_the_ui_thread_within_its_cpu_budget() -> None:
     free = FramePacer()  # no budget: always the shortest interval
     burn(0.05)
     assert free.next_delay() == FRAME_S
-    paced = FramePacer(budget=0.1)
+    paced = FramePacer(budget=0.1, fast_frames=0)
     burn(0.003)  # a cheap frame: 3 ms at 10 % -> 30 ms, below the shortest interval
     assert paced.next_delay() == FRAME_S
-    paced = FramePacer(budget=0.1)
+    paced = FramePacer(budget=0.1, fast_frames=0)
     burn(0.02)  # 20 ms at 10 % -> 200 ms between frames
     assert 0.18 <= paced.next_delay() <= 0.3
     burn(0.2)  # very costly frames: capped, text still appears 3 times a second
     assert paced.next_delay() == MAX_FRAME_S
+    starting = FramePacer(budget=0.1, fast_frames=2)  # a reply's first frames: full rate
+    delays = []
+    for _ in range(3):
+        burn(0.03)
+        delays.append(starting.next_delay())
+    assert delays[:2] == [FRAME_S, FRAME_S] and delays[2] > 0.25
 
 
 async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
@@ -189,3 +195,19 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
             while app.chat.generation is not None:
                 await pilot.pause(0.05)
     assert budgets == [None, chat_screen.LOCAL_CPU_BUDGET]
+
+
+async def test_the_live_line_is_drawn_with_the_next_frame() -> None:
+    app = LogHost()
+    async with app.run_test(size=(80, 30)) as pilot:
+        log = app.query_one(ChatLog)
+        view = await log.add(MessageData("assistant", ""))
+        assert isinstance(view, AssistantMessage)
+        view.start_stream()
+        drawn: list[str] = []
+        assert not view.with_next_frame(lambda: drawn.append("now"))  # no frame pending
+        view.feed("Once upon")  # a frame is due: the live line goes with it
+        assert view.with_next_frame(lambda: drawn.append("with the frame"))
+        assert drawn == []
+        await pilot.pause(FRAME_S * 3)
+        assert drawn == ["with the frame"] and "Once upon" in "\n".join(screen_text(app))

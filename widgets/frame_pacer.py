@@ -22,21 +22,29 @@ share capped, frames come less often when they cost more (about 5 per second her
 """
 
 
+FAST_FRAMES = 2
+"""Frames at the full rate before the budget applies: the start of every reply, and all of a
+short one, stream smoothly."""
+
+
 class FramePacer:
     """Spaces frames so that the UI thread's CPU time stays within `budget` of the wall time.
 
     Call `next_delay()` after each frame, on the UI thread: it measures that thread's CPU time
     since the previous call (the frame, the screen update after it, and whatever else the UI
-    did), and returns how long to wait before the next frame. Without a budget it is always
-    `min_s`.
+    did), and returns how long to wait before the next frame. Without a budget, and for the
+    first `fast_frames` frames, it is `min_s`.
     """
 
     def __init__(
-        self, budget: float | None = None, min_s: float = FRAME_S, max_s: float = MAX_FRAME_S
+        self, budget: float | None = None, min_s: float = FRAME_S, max_s: float = MAX_FRAME_S,
+        fast_frames: int = FAST_FRAMES,
     ) -> None:
         self.budget = budget
         self.min_s = min_s
         self.max_s = max(max_s, min_s)
+        self.fast_frames = fast_frames
+        self._frames = 0
         self._cpu = time.thread_time()
         self._cost = 0.0
         """CPU seconds per frame, smoothed."""
@@ -48,4 +56,7 @@ class FramePacer:
         now = time.thread_time()
         used, self._cpu = now - self._cpu, now
         self._cost = used if not self._cost else 0.5 * self._cost + 0.5 * used
+        self._frames += 1
+        if self._frames <= self.fast_frames:
+            return self.min_s
         return min(self.max_s, max(self.min_s, self._cost / self.budget))
