@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 LIVE_REFRESH_S = 0.25
 
+REPAINT_AFTER_REPLY_S = 0.2
+"""The whole screen is drawn again this long after a reply ends."""
+
 LOCAL_BACKENDS = frozenset({"llama.cpp", "native", "onnx", "mlx"})
 """Backends that decode on this machine: on its CPU, the reply's frames keep to a CPU budget."""
 """How often the live metrics (under the streaming reply, in the panel) are redrawn."""
@@ -314,9 +317,10 @@ class ChatScreen(Screen[None]):
         if error:
             self.notify(error, title="Reply failed", severity="error")
         self.metrics_panel.refresh_metrics()
-        # Frames repaint only what changed; once the reply is over, the whole screen is drawn
-        # again, so that nothing a frame left behind (a lost write, a stale line) outlives it.
-        self.refresh()
+        # Frames repaint only what changed; once the reply is over (and its last frame is on
+        # screen), the whole screen is drawn again, so that nothing a frame left behind (a lost
+        # write, a stale line) outlives it.
+        self.set_timer(REPAINT_AFTER_REPLY_S, self.refresh)
 
     def _refresh_live(self) -> None:
         """Every `LIVE_REFRESH_S` while a reply streams: its live metrics line and the panel,
