@@ -31,6 +31,15 @@ class LogHost(App[None]):
         yield ChatLog()
 
 
+async def streaming_reply(app: LogHost) -> tuple[ChatLog, AssistantMessage]:
+    """The host's log and a new reply in it, streaming."""
+    log = app.query_one(ChatLog)
+    view = await log.add(MessageData("assistant", ""))
+    assert isinstance(view, AssistantMessage)
+    view.start_stream()
+    return log, view
+
+
 @pytest.fixture
 def reflows(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """A list that gets one item per full layout pass of any screen."""
@@ -50,10 +59,7 @@ async def test_a_frame_lays_out_only_when_the_reply_needs_another_line(
 ) -> None:
     app = LogHost()
     async with app.run_test(size=(80, 30)) as pilot:
-        log = app.query_one(ChatLog)
-        view = await log.add(MessageData("assistant", ""))
-        assert isinstance(view, AssistantMessage)
-        view.start_stream()
+        _, view = await streaming_reply(app)
         view.feed("Once upon a time")
         await view._flush()
         await pilot.pause(0.1)
@@ -75,10 +81,7 @@ async def test_chunks_far_above_the_view_fold_and_come_back(reflows: list[int]) 
     text = long_reply(1600)
     app = LogHost()
     async with app.run_test(size=(60, 20)) as pilot:
-        log = app.query_one(ChatLog)
-        view = await log.add(MessageData("assistant", ""))
-        assert isinstance(view, AssistantMessage)
-        view.start_stream()
+        log, view = await streaming_reply(app)
         for start in range(0, len(text), 200):
             view.feed(text[start:start + 200])
             await view._flush()
@@ -200,10 +203,7 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
 async def test_the_live_line_is_drawn_with_the_next_frame() -> None:
     app = LogHost()
     async with app.run_test(size=(80, 30)) as pilot:
-        log = app.query_one(ChatLog)
-        view = await log.add(MessageData("assistant", ""))
-        assert isinstance(view, AssistantMessage)
-        view.start_stream()
+        _, view = await streaming_reply(app)
         drawn: list[str] = []
         assert not view.with_next_frame(lambda: drawn.append("now"))  # no frame pending
         view.feed("Once upon")  # a frame is due: the live line goes with it
