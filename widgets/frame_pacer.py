@@ -18,7 +18,7 @@ LOCAL_CPU_BUDGET = 0.04
 llama.cpp runs as many threads as there are physical cores, and its threads wait for each other
 on every step, so a core the UI takes for a frame stalls the whole decode for that long: the
 decode loses about the UI's share of the time (benchmarks/tui_vs_ask.py measures it). With the
-share capped, frames come less often when they cost more (about 5 per second here).
+share capped, frames come less often when they cost more (3-10 per second here; 3 is the cap).
 """
 
 
