@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,25 +39,41 @@ class _Handoff:
 
     The engine thread appends to a deque and schedules a wake-up only when none is pending, so
     a consumer that keeps up still gets every token at once, while one that lags (a busy UI)
-    takes the backlog in one go instead of one loop callback per token.
+    takes the backlog in one go instead of one loop callback per token. With `min_interval`,
+    wake-ups are also at least that far apart (the first piece and the end still wake at
+    once): a consumer that only shows text a few times a second need not wake for every token.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_interval: float = 0.0) -> None:
         self._loop = loop
         self._items: deque[object] = deque()
         self._ready = asyncio.Event()
         self._wake_pending = False
+        self._min_interval = min_interval
+        self._next_wake = 0.0
 
     def put(self, item: object) -> None:
-        """Engine thread: queue `item`, waking the loop unless a wake-up is already on its way."""
+        """Engine thread: queue `item`, waking the loop unless a wake-up is already on its way
+        or, with `min_interval`, the last one was too recent."""
         self._items.append(item)
-        if not self._wake_pending:
+        if self._wake_pending:
+            return
+        now = time.monotonic()
+        if item is _DONE or now >= self._next_wake:
             self._wake_pending = True
+            self._next_wake = now + self._min_interval
             self._loop.call_soon_threadsafe(self._wake)
 
     def _wake(self) -> None:
         self._wake_pending = False
         self._ready.set()
+        if self._min_interval:  # what comes before the next wake-up waits at most this long
+            self._loop.call_later(self._min_interval, self._wake_if_waiting)
+
+    def _wake_if_waiting(self) -> None:
+        self._next_wake = 0.0  # the next piece wakes the loop at once
+        if self._items:
+            self._ready.set()
 
     async def get(self) -> object:
         """Loop: the next item, waiting for one if none is queued."""
@@ -74,11 +91,13 @@ class Generation:
     """
 
     def __init__(
-        self, worker: EngineWorker, messages: Sequence[ChatMessage], sampling: SamplingParams
+        self, worker: EngineWorker, messages: Sequence[ChatMessage], sampling: SamplingParams,
+        wake_interval: float = 0.0,
     ) -> None:
         self._worker = worker
         self._messages = list(messages)
         self._sampling = sampling
+        self._wake_interval = wake_interval
         self._cancel = threading.Event()
         self.text = ""
         self.metrics: ReplyMetrics | None = None
@@ -100,7 +119,7 @@ class Generation:
             if worker.backend is None:
                 raise LampchatError("no model is loaded")
             loop = asyncio.get_running_loop()
-            handoff = _Handoff(loop)
+            handoff = _Handoff(loop, self._wake_interval)
             worker._running = self
             future = loop.run_in_executor(worker._executor, self._run, worker.backend, handoff)
             try:
@@ -252,10 +271,17 @@ class EngineWorker:
         async with self._lock:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._unload_sync)
 
-    def generate(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> Generation:
-        """Start a reply to `messages`; iterate the result to run it."""
+    def generate(
+        self, messages: Sequence[ChatMessage], sampling: SamplingParams,
+        wake_interval: float = 0.0,
+    ) -> Generation:
+        """Start a reply to `messages`; iterate the result to run it.
+
+        With `wake_interval`, the event loop is woken for new pieces at most that often (the
+        first piece and the end at once): for a consumer that shows text a few times a second.
+        """
         sampling.validate()
-        return Generation(self, messages, sampling)
+        return Generation(self, messages, sampling, wake_interval)
 
     def cancel(self) -> None:
         """Cancel the running generation, if any."""
