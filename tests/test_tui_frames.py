@@ -18,10 +18,12 @@ from textual._compositor import Compositor
 from textual.app import App, ComposeResult
 
 from app.gc_pause import NEVER, FullCollectionPause
+from engine.worker import EngineWorker
 from tests.scripted_backend import long_reply
 from tests.test_reply_markdown import screen_text
 from widgets.frame_pacer import FRAME_S, MAX_FRAME_S, FramePacer
 from widgets.messages import AssistantMessage, ChatLog, Fold, MessageData
+from widgets.metrics_panel import MetricsPanel
 
 
 class LogHost(App[None]):
@@ -184,9 +186,24 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
         original(self, cpu_budget)
 
     monkeypatch.setattr(AssistantMessage, "start_stream", start_stream)
-    options = TuiOptions(model="scripted://demo?rate=0", backend="scripted",
-                         sampling=SamplingParams(max_tokens=16), show_metrics=False)
+    wakes: list[float] = []
+    original_generate = EngineWorker.generate
+
+    def generate(self: EngineWorker, *args: Any) -> Any:
+        generation = original_generate(self, *args)
+        wakes.append(generation._wake_interval)
+        return generation
+
+    monkeypatch.setattr(EngineWorker, "generate", generate)
+    panel_draws: list[int] = []
+    original_panel = MetricsPanel.refresh_metrics
+    monkeypatch.setattr(MetricsPanel, "refresh_metrics",
+                        lambda self: (panel_draws.append(1), original_panel(self)))
+    options = TuiOptions(model="scripted://demo?rate=40", backend="scripted",
+                         sampling=SamplingParams(max_tokens=60), show_metrics=True)
     app = LampchatApp(options, ChatStore())
+    blinking: list[bool] = []
+    panel_per_tick: list[float] = []
     async with app.run_test(size=(100, 30)) as pilot:
         while app.engine.info is None or app.loading:
             await pilot.pause(0.05)
@@ -195,9 +212,18 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
             app.chat.prompt.load_text("hello")
             await pilot.press("enter")
             await pilot.pause(0.1)
+            panel_draws.clear()
             while app.chat.generation is not None:
+                blinking.append(app.chat.prompt.cursor_blink)
                 await pilot.pause(0.05)
+            panel_per_tick.append(len(panel_draws) / app.chat._live_ticks)
+        blinking.append(app.chat.prompt.cursor_blink)
     assert budgets == [None, chat_screen.LOCAL_CPU_BUDGET]
+    assert wakes == [0.0, chat_screen.LOCAL_WAKE_S]
+    # the panel: every live tick for the scripted model; once a second for the local one
+    assert panel_per_tick[0] >= 1 and panel_per_tick[1] < 0.5
+    # the cursor holds still while a reply streams, and blinks again afterwards
+    assert blinking[-1] and not any(blinking[:-1])
 
 
 async def test_the_live_line_is_drawn_with_the_next_frame() -> None:

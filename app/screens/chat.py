@@ -40,13 +40,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LIVE_REFRESH_S = 0.25
+"""How often the live metrics (under the streaming reply, in the panel) are redrawn."""
 
 REPAINT_AFTER_REPLY_S = 0.2
 """The whole screen is drawn again this long after a reply ends."""
 
 LOCAL_BACKENDS = frozenset({"llama.cpp", "native", "onnx", "mlx"})
-"""Backends that decode on this machine: on its CPU, the reply's frames keep to a CPU budget."""
-"""How often the live metrics (under the streaming reply, in the panel) are redrawn."""
+"""Backends that decode on this machine. On its CPU, whatever the UI thread does takes CPU from
+the decode, so a reply's frames keep to a CPU budget, and the two below apply."""
+
+LOCAL_WAKE_S = 0.05
+"""Decoding on this machine's CPU: the engine wakes the UI for new tokens at most this often
+(frames come every 0.1 s or more), not for each token."""
+
+LOCAL_PANEL_REFRESH_S = 1.0
+"""Decoding on this machine's CPU: how often the metrics panel is redrawn while a reply streams
+(the live line under the reply still changes every `LIVE_REFRESH_S`)."""
 
 
 def message_to_data(message: Message) -> MessageData:
@@ -78,6 +87,10 @@ class ChatScreen(Screen[None]):
         self.generation: Generation | None = None
         self.reply_view: AssistantMessage | None = None
         self._live_timer: Timer | None = None
+        self._cursor_blink = True
+        self._live_ticks = 0
+        self._panel_every = 1
+        """The panel is redrawn every this many live refreshes."""
         self._code_index = 0
 
     @property
@@ -237,16 +250,19 @@ class ChatScreen(Screen[None]):
         """Stream a reply to the conversation as it stands."""
         assert self.conversation is not None
         messages = self.conversation.chat_messages()
+        info = self.lampchat.engine.info
+        local_cpu = info is not None and info.backend in LOCAL_BACKENDS and info.device == "cpu"
         try:
-            generation = self.lampchat.engine.generate(messages, self.lampchat.sampling())
+            generation = self.lampchat.engine.generate(
+                messages, self.lampchat.sampling(), LOCAL_WAKE_S if local_cpu else 0.0)
         except (ValueError, LampchatError) as exc:
             self.notify(f"cannot start a reply: {exc}", severity="error")
             return
         self.chat_log.anchor()  # a new reply is followed again, even after scrolling up
         view = cast(AssistantMessage, await self.chat_log.add(MessageData("assistant", "")))
-        info = self.lampchat.engine.info
-        local_cpu = info is not None and info.backend in LOCAL_BACKENDS and info.device == "cpu"
         view.start_stream(LOCAL_CPU_BUDGET if local_cpu else None)
+        self._panel_every = round(LOCAL_PANEL_REFRESH_S / LIVE_REFRESH_S) if local_cpu else 1
+        self._live_ticks = 0
         self.generation = generation
         self.reply_view = view
         self._code_index = 0
@@ -260,6 +276,10 @@ class ChatScreen(Screen[None]):
         session.start_reply()
         self._live_timer = self.set_interval(LIVE_REFRESH_S, self._refresh_live)
         self.lampchat.gc_pause.hold()
+        # a blinking cursor is a screen update twice a second, each taking a slice of the CPU
+        # a local model decodes on; it holds still while the reply streams
+        self._cursor_blink = self.prompt.cursor_blink
+        self.prompt.cursor_blink = False
         self.stream_reply(generation, view)
 
     @work(group="reply", exit_on_error=False)
@@ -291,6 +311,7 @@ class ChatScreen(Screen[None]):
             if self._live_timer is not None:
                 self._live_timer.stop()
                 self._live_timer = None
+            self.prompt.cursor_blink = self._cursor_blink
         metrics = generation.metrics
         error = generation.error or failure
         state: MessageState = "done"
@@ -323,8 +344,18 @@ class ChatScreen(Screen[None]):
         self.set_timer(REPAINT_AFTER_REPLY_S, self.refresh)
 
     def _refresh_live(self) -> None:
-        """Every `LIVE_REFRESH_S` while a reply streams: its live metrics line and the panel,
-        drawn with the reply's next frame when one is due (one screen update, not two)."""
+        """Every `LIVE_REFRESH_S` while a reply streams: the panel now (or every
+        `LOCAL_PANEL_REFRESH_S`), and the live metrics line under the reply with the reply's
+        next frame when one is due.
+
+        The line lies next to the text the frame draws, so drawing both is one small update.
+        The panel is drawn on its own: a screen update redraws the box around everything that
+        changed, and a box from the panel to the reply would be most of the screen."""
+        session = self.lampchat.session
+        self._live_ticks += 1
+        if self.metrics_panel.display and (self._live_ticks - 1) % self._panel_every == 0:
+            session.sample_rss()
+            self.metrics_panel.refresh_metrics()
         view = self.reply_view
         if view is not None and view.with_next_frame(self._draw_live):
             return
@@ -338,9 +369,6 @@ class ChatScreen(Screen[None]):
                 f"streaming · {session.live_tokens} tokens · {format_tps(session.live_tps)}"
             )
             self.reply_view.set_meta(text)
-        if self.metrics_panel.display:
-            session.sample_rss()
-            self.metrics_panel.refresh_metrics()
 
     async def wait_for_reply(self) -> None:
         """Wait until the running reply (if any) has finished."""
