@@ -8,6 +8,7 @@ on screen) and against the text shown after scrolling back to the top.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import time
 from collections.abc import Iterator
@@ -195,6 +196,13 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
         return generation
 
     monkeypatch.setattr(EngineWorker, "generate", generate)
+    original_finish = AssistantMessage.finish
+
+    async def slow_finish(self: AssistantMessage, *args: Any, **kwargs: Any) -> None:
+        await asyncio.sleep(0.15)  # a long reply's end takes a while: the cursor waits for it
+        await original_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(AssistantMessage, "finish", slow_finish)
     panel_draws: list[int] = []
     original_panel = MetricsPanel.refresh_metrics
     monkeypatch.setattr(MetricsPanel, "refresh_metrics",
@@ -224,7 +232,7 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
     assert wakes == [0.0, chat_screen.LOCAL_WAKE_S]
     # the panel: every live tick for the scripted model; once a second for the local one
     assert panel_per_tick[0] >= 0.9 and panel_per_tick[1] < 0.45
-    # the cursor holds still while a reply streams, and blinks again afterwards
+    # the cursor holds still while a reply streams and ends, and blinks again afterwards
     assert blinking[-1] and not any(blinking[:-1])
 
 

@@ -285,10 +285,12 @@ class ChatScreen(Screen[None]):
     @work(group="reply", exit_on_error=False)
     async def stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
         """Feed the reply's pieces to its view (coalesced there per frame), then finish it.
-        Full garbage collections wait until the finished reply is on screen."""
+        The prompt's cursor blinks again once the reply is finished; full garbage collections
+        wait until the finished reply is on screen."""
         try:
             await self._stream_reply(generation, view)
         finally:
+            self.prompt.cursor_blink = self._cursor_blink
             self.call_after_refresh(self.lampchat.gc_pause.release)
 
     async def _stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
@@ -311,7 +313,6 @@ class ChatScreen(Screen[None]):
             if self._live_timer is not None:
                 self._live_timer.stop()
                 self._live_timer = None
-            self.prompt.cursor_blink = self._cursor_blink
         metrics = generation.metrics
         error = generation.error or failure
         state: MessageState = "done"
