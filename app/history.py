@@ -436,7 +436,9 @@ class _Pending:
     """A reply being streamed: its message and when it was last checkpointed."""
 
     message: Message
-    last_checkpoint: float = 0.0
+    last_checkpoint: float | None = None
+    """`time.monotonic()` of the last checkpoint; None before the first (which is written at
+    once: the monotonic clock may start near zero, e.g. at boot)."""
 
 
 class ConversationWriter:
@@ -505,8 +507,9 @@ class ConversationWriter:
             pending = entry[1]
             pending.message.content = text
             now = time.monotonic()
-            if conv.path is None or not (force or now - pending.last_checkpoint
-                                         >= self.checkpoint_interval):
+            last = pending.last_checkpoint
+            due = force or last is None or now - last >= self.checkpoint_interval
+            if conv.path is None or not due:
                 return
             pending.last_checkpoint = now
             try:
