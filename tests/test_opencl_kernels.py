@@ -16,7 +16,9 @@ from engine.errors import ConfigError, DeviceUnavailableError
 from engine.native import ops as np_ops
 from engine.native.kv_cache import KVCache
 from engine.native.opencl import WEIGHTS_ENV, ops_for_device
-from engine.native.opencl.context import list_devices, open_device
+from engine.native.opencl import context as opencl_context
+from engine.native.opencl import ops as opencl_ops
+from engine.native.opencl.context import build_failure, list_devices, open_device
 from engine.native.opencl.ops import ClTensor, OpenCLOps
 
 TOL = 2e-5  # float32 results that only differ in summation order
@@ -171,6 +173,52 @@ def test_numbered_devices_and_clear_errors():
         ops_for_device("cuda")
     with pytest.raises(DeviceUnavailableError, match="runs on the CPU or OpenCL"):
         ops_for_device("metal:0")
+
+
+# pyopencl's message for PoCL 3.0 (LLVM 14) on a CPU its LLVM does not know (AMD Zen 5)
+POCL_UNKNOWN_CPU = """clBuildProgram failed: BUILD_PROGRAM_FAILURE - clBuildProgram failed: \
+BUILD_PROGRAM_FAILURE - clBuildProgram failed: BUILD_PROGRAM_FAILURE
+
+Build on <pyopencl.Device 'pthread-AMD EPYC' on 'Portable Computing Language' at 0x55ab>:
+
+error: unknown target CPU 'generic'
+Device pthread-AMD EPYC failed to build the program
+
+(options: -DLS=16 -DTS=16 -I /x/pyopencl/cl)"""
+
+
+def test_a_failed_build_names_the_compilers_error():
+    line = build_failure(POCL_UNKNOWN_CPU)
+    assert line.startswith("error: unknown target CPU 'generic'; ")
+    assert "apt install pocl-opencl-icd" in line and "\n" not in line
+    assert build_failure("clBuildProgram failed: INVALID_VALUE\n\nmore") == \
+        "clBuildProgram failed: INVALID_VALUE"
+
+
+def test_plain_opencl_takes_the_next_device_when_one_does_not_build(cl_ops, monkeypatch):
+    """A device whose compiler fails (as the pip PoCL's does on CPUs newer than its LLVM) is
+    passed over by "opencl"; asked for by number, it is the error. The real working device is
+    listed twice, and its first listing made to fail."""
+    real = list_devices()[int(cl_ops.dev.id.split(":")[1])]
+    monkeypatch.setattr(opencl_context, "list_devices", lambda: [real, real])
+    real_build = opencl_ops.build_program
+    failing = {"opencl:0"}
+
+    def build(dev, half_weights):
+        if dev.id in failing:
+            raise DeviceUnavailableError(f"the OpenCL kernels do not build on {dev.label}: "
+                                         "error: unknown target CPU 'generic'")
+        return real_build(dev, half_weights)
+
+    monkeypatch.setattr(opencl_ops, "build_program", build)
+    assert ops_for_device("opencl", {"opencl_weights": "float32"}).dev.id == "opencl:1"
+    with pytest.raises(DeviceUnavailableError, match="^the OpenCL kernels do not build on "
+                                                     "opencl:0 .*unknown target CPU"):
+        ops_for_device("opencl:0")
+    failing.add("opencl:1")
+    with pytest.raises(DeviceUnavailableError, match="^no OpenCL device builds Lampchat's "
+                                                     "kernels \\(2 tried\\): .* opencl:0 "):
+        ops_for_device("opencl")
 
 
 def test_a_buffer_the_device_cannot_hold_is_one_clear_line(cl_ops):

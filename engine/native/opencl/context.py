@@ -67,13 +67,17 @@ def list_devices() -> list[tuple[Any, Any]]:
     return out
 
 
-def open_device(spec: str = "opencl") -> ClDevice:
-    """Open `spec` ("opencl": the first GPU, else the first device; "opencl:N": that one)."""
+def candidates(spec: str = "opencl") -> list[int]:
+    """The device numbers `spec` may open, best first: "opencl:N" is that one; "opencl" is
+    every device, GPUs first; "gpu" every GPU."""
+    return _rank(spec, list_devices())
+
+
+def _rank(spec: str, pairs: list[tuple[Any, Any]]) -> list[int]:
     kind, index = parse_device(spec)
     if kind not in ("opencl", "gpu"):
         raise DeviceUnavailableError(f"{spec!r} is not an OpenCL device")
     cl = _import_pyopencl()
-    pairs = list_devices()
     if not pairs:
         raise DeviceUnavailableError(
             "no OpenCL device found (install a GPU driver's OpenCL ICD, or PoCL: "
@@ -85,12 +89,19 @@ def open_device(spec: str = "opencl") -> ClDevice:
                 f"no OpenCL device {spec!r}: there are {len(pairs)} (opencl:0.."
                 f"opencl:{len(pairs) - 1}; see `lampchat devices`)"
             )
-        chosen = index
-    else:
-        gpus = [i for i, (_, d) in enumerate(pairs) if d.type & cl.device_type.GPU]
-        chosen = gpus[0] if gpus else 0
-        if kind == "gpu" and not gpus:
-            raise DeviceUnavailableError("no OpenCL GPU found")
+        return [index]
+    gpus = [i for i, (_, d) in enumerate(pairs) if d.type & cl.device_type.GPU]
+    if kind == "gpu" and not gpus:
+        raise DeviceUnavailableError("no OpenCL GPU found")
+    others = [] if kind == "gpu" else [i for i in range(len(pairs)) if i not in gpus]
+    return gpus + others
+
+
+def open_device(spec: str = "opencl") -> ClDevice:
+    """Open `spec` ("opencl": the first GPU, else the first device; "opencl:N": that one)."""
+    cl = _import_pyopencl()
+    pairs = list_devices()
+    chosen = _rank(spec, pairs)[0]
     plat, dev = pairs[chosen]
     try:
         context = cl.Context([dev])
@@ -117,7 +128,24 @@ def build_program(dev: ClDevice, half_weights: bool) -> Any:
     try:
         return dev.cl.Program(dev.context, SOURCE).build(options=options), tile
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DeviceUnavailableError(
-            f"the OpenCL kernels do not build on {dev.label}: {first}"
+            f"the OpenCL kernels do not build on {dev.label}: {build_failure(str(exc))}"
         ) from exc
+
+
+UNKNOWN_CPU_HINT = (
+    "this OpenCL's compiler (PoCL's LLVM) is older than the CPU: install your system's PoCL, "
+    "e.g. apt install pocl-opencl-icd"
+)
+
+
+def build_failure(log_text: str) -> str:
+    """One line for a failed kernel build: the compiler's first error, else the first line
+    (pyopencl's message puts the build log after a generic first line)."""
+    lines = [line.strip() for line in log_text.strip().splitlines() if line.strip()]
+    error = next((line for line in lines if line.startswith("error:")), None)
+    if error is None:
+        return lines[0] if lines else "unknown error"
+    if "unknown target CPU" in error:
+        return f"{error}; {UNKNOWN_CPU_HINT}"
+    return error
