@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from textual.widgets import DataTable, Input, Markdown, Static
+from textual.widgets import DataTable, Input, Static
 
 from app.cli import build_parser
 from app.config import load_config
@@ -43,6 +43,7 @@ from app.tui_store import ChatStore
 from tests import scripted_backend
 from tests.scripted_backend import REPLY
 from widgets.config_form import widget_id
+from widgets.flat_markdown import FlatMarkdown
 from widgets.messages import AssistantMessage, UserMessage
 from widgets.sidebar import ConversationItem, ConversationSidebar
 
@@ -142,11 +143,13 @@ async def test_send_streams_markdown_reply_with_metrics_and_saves_it(config_file
         line = meta(view)
         assert line.startswith("demo · scripted · TTFT ") and "tok/s" in line
         assert "110 tokens" in line
-        # rendered as Markdown: the table and the code block are real blocks
-        md = view.query_one(Markdown)
-        assert md.query("MarkdownTable") and md.query("MarkdownFence")
-        assert md.query_one("MarkdownFence").code.startswith("def steep(minutes: int)")
-        assert md.source == REPLY and view.full_updates == 0  # the stream was already exact
+        # drawn as Markdown: the table is boxed, the code block holds its code
+        [chunk] = view.chunks
+        assert isinstance(chunk, FlatMarkdown)
+        drawn = chunk.text_at(60)
+        assert "│ Tea   │ Water │ Minutes │" in drawn and "**" not in drawn
+        assert chunk.code_blocks[0].startswith("def steep(minutes: int)")
+        assert chunk.source == REPLY and view.full_updates == 0  # the stream was already exact
         assert isinstance(chat.chat_log.last_view("user"), UserMessage)
         assert app.focused is chat.prompt and chat.prompt.text == ""
         conv = chat.conversation

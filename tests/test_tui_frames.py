@@ -77,7 +77,7 @@ async def test_a_frame_lays_out_only_when_the_reply_needs_another_line(
         await pilot.pause(0.1)
         # one pass for the new line: a resized widget does not ask for a second one
         assert len(reflows) == 1
-        assert view.markdown.children[0].size.height == 2
+        assert view.chunks[-1].size.height == 3  # two lines and the paragraph's margin
 
 
 async def test_chunks_far_above_the_view_fold_and_come_back(reflows: list[int]) -> None:

@@ -1,13 +1,15 @@
 """Chat message widgets: user prompts, streaming Markdown replies, and the scrolling log.
 
-Replies stream through `Markdown.get_stream()`. Text fed to a reply is buffered and written to
-the stream at most once per frame, however fast tokens arrive, and the Markdown gets one full
-`update()` when the reply ends (streamed code blocks can otherwise lose their body, textual#6518).
-A long reply streams into several Markdown widgets, a new one every `CHUNK_BLOCKS` blocks, so a
-write lays out only the newest part; the finished ones that lie more than a screen above the view
-are folded into a `Fold` of the same height until the view comes near them again. A frame lays
-out the screen only when the reply needs another line (widgets/layout_pass.py), and the live
-metrics line is drawn with the frame, not on its own.
+A streaming reply is drawn by `FlatMarkdown` (widgets/flat_markdown.py): one widget that parses
+the Markdown and draws every block as its own lines, looking exactly like `ReplyMarkdown`. Text
+fed to a reply is buffered and written at most once per frame, however fast tokens arrive; only
+the last block is parsed again. A long reply goes on in a new `FlatMarkdown` every
+`CHUNK_BLOCKS` blocks, so a write lays out only the newest part; the finished ones that lie more
+than a screen above the view are folded into a `Fold` of the same height until the view comes
+near them again. When the reply ends, the streamed chunks stay if they hold exactly the reply;
+otherwise the reply's `ReplyMarkdown` renders it once. A frame lays out the screen only when the
+reply needs another line (widgets/layout_pass.py), and the live metrics line is drawn with the
+frame, not on its own. Replies loaded from history are drawn by `ReplyMarkdown`.
 
 The log mounts only the most recent messages (`ChatLog.window`); older ones are loaded on
 demand, so a long conversation keeps layout cheap (textual#5163).
@@ -30,9 +32,9 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Markdown, Static
-from textual.widgets.markdown import MarkdownStream
 
 from engine.types import ReplyMetrics
+from widgets.flat_markdown import FlatMarkdown
 from widgets.frame_pacer import FramePacer
 from widgets.layout_pass import OneLayoutPass, relayout_if_resized
 from widgets.reply_markdown import ReplyMarkdown
@@ -40,9 +42,9 @@ from widgets.reply_markdown import ReplyMarkdown
 MessageState = Literal["done", "streaming", "stopped", "error", "interrupted"]
 
 CHUNK_BLOCKS = 12
-"""A streaming reply goes on in a new Markdown widget once the current one holds this many
-top-level blocks. A write then lays out only the widget it lands in, not the whole reply
-(benchmarks/tui_stream.py)."""
+"""A streaming reply goes on in a new `FlatMarkdown` once the current one holds this many
+top-level blocks. A write then draws and lays out only the widget it lands in, not the whole
+reply, and finished chunks can be folded (benchmarks/tui_stream.py)."""
 
 _PARSER = MarkdownIt("gfm-like")
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MULTILINE)
@@ -187,20 +189,19 @@ class AssistantMessage(MessageView):
     def __init__(self, data: MessageData, **kwargs: object) -> None:
         super().__init__(data, **kwargs)
         self._pending: list[str] = []
-        self._stream: MarkdownStream | None = None
-        self._live: Markdown | None = None
-        """The Markdown widget the stream writes to (the last chunk)."""
-        self._live_source = ""
+        self._streaming = False
+        self._live: FlatMarkdown | None = None
+        """The widget the stream writes to (the last chunk)."""
         self._scan_from = 0
         self._writing = asyncio.Lock()
-        """Held while text goes to the Markdown: a frame's write and the final one never
+        """Held while text goes to the screen: a frame's write and the final one never
         interleave (starting a new chunk awaits)."""
         self._timer: Timer | None = None
         self._pacer = FramePacer()
         self._delay = self._pacer.min_s
         self._after_frame: list[Callable[[], object]] = []
         self.shown_chars = 0
-        """Characters written to the Markdown so far (for tests and benchmarks)."""
+        """Characters written to the screen so far (for tests and benchmarks)."""
         self.full_updates = 0
         """How many times the whole reply was re-rendered at its end (0 when streaming sufficed)."""
 
@@ -222,13 +223,16 @@ class AssistantMessage(MessageView):
 
     @property
     def markdown(self) -> Markdown:
-        """The first Markdown widget of the reply (the only one unless it streamed long)."""
+        """The reply's Markdown widget (empty and hidden while a streamed reply is shown by
+        its chunks)."""
         return self.query_one(Markdown)
 
     @property
-    def chunks(self) -> list[Markdown]:
-        """The reply's Markdown widgets, in order (see `CHUNK_BLOCKS`)."""
-        return [child for child in self.children if isinstance(child, Markdown)]
+    def chunks(self) -> list[Markdown | FlatMarkdown]:
+        """The widgets that show the reply, in order: the chunks a streamed reply is drawn in
+        (see `CHUNK_BLOCKS`), else the Markdown widget."""
+        flat = [child for child in self.children if isinstance(child, FlatMarkdown)]
+        return [*flat] or [self.markdown]
 
     @property
     def source(self) -> str:
@@ -238,7 +242,7 @@ class AssistantMessage(MessageView):
     @property
     def streaming(self) -> bool:
         """Whether the reply is still streaming."""
-        return self._stream is not None
+        return self._streaming
 
     def start_stream(self, cpu_budget: float | None = None) -> None:
         """Begin streaming: later `feed` calls append text, one write per frame. With a
@@ -247,16 +251,17 @@ class AssistantMessage(MessageView):
         self._delay = self._pacer.min_s
         self.data.state = "streaming"
         self._mark_state()
-        self._live = self.chunks[-1]
-        self._live_source = self._live.source
+        self._live = FlatMarkdown(self.markdown.source, classes="body")
+        self.markdown.display = False
+        self.mount(self._live, before=self.query_one(".meta"))
         self._scan_from = 0
-        self._stream = Markdown.get_stream(self._live)
+        self._streaming = True
 
     def feed(self, text: str) -> None:
         """Queue streamed text; it reaches the screen on the next frame. A frame is scheduled
         only when text is waiting, so nothing wakes the UI while the model thinks."""
         self._pending.append(text)
-        if self._timer is None and self._stream is not None:
+        if self._timer is None and self._streaming:
             self._timer = self.set_timer(self._delay, self._flush, name="reply-frame")
 
     async def _flush(self) -> None:
@@ -272,29 +277,26 @@ class AssistantMessage(MessageView):
             callback()
 
     async def _write_pending(self) -> None:
-        if not self._pending or self._stream is None:
+        live = self._live
+        if not self._pending or not self._streaming or live is None:
             return
         chunk = "".join(self._pending)
         self._pending.clear()
         self.shown_chars += len(chunk)
-        live = self._live
-        if live is not None and len(live.children) >= CHUNK_BLOCKS:
-            split = split_at_last_block(self._live_source, chunk, self._scan_from)
+        if live.block_count >= CHUNK_BLOCKS:
+            split = split_at_last_block(live.source, chunk, self._scan_from)
             if isinstance(split, int):
                 self._scan_from = split
             else:
                 head, chunk = split
                 if head:
-                    await self._stream.write(head)
-                await self._stream.stop()
-                self._live = ReplyMarkdown(classes="body")
+                    live.append(head)
+                self._live = FlatMarkdown(classes="body")
                 await self.mount(self._live, after=live)
-                self._live_source = ""
+                live = self._live
                 self._scan_from = 0
-                self._stream = Markdown.get_stream(self._live)
                 self.fold_far_above()
-        self._live_source += chunk
-        await self._stream.write(chunk)
+        live.append(chunk)
 
     def fold_far_above(self) -> None:
         """Fold the finished chunks that lie more than a screen above the log's view, so that
@@ -333,50 +335,29 @@ class AssistantMessage(MessageView):
     async def finish(
         self, text: str, metrics: ReplyMetrics | None, state: MessageState = "done"
     ) -> None:
-        """End the stream: write what is left, then render the whole reply once."""
+        """End the stream: write what is left. The streamed chunks stay when they show `text`
+        already; otherwise the Markdown widget renders the whole reply once."""
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
         self._after_frame.clear()
         async with self._writing:
             await self._write_pending()
-            streamed = self._stream is not None
-            if self._stream is not None:
-                await self._stream.stop()
-                self._stream = None
-            for chunk in self.chunks:  # an append still running lands first
-                async with chunk.lock:
-                    pass
+            streamed, self._streaming = self._streaming, False
         self.data.content = text
         self.data.metrics = metrics
         self.data.state = state
         self._mark_state()
-        if not (streamed and self.stream_is_faithful(text)):
+        if not (streamed and self.source == text):
             self.full_updates += 1
             self.unfold_all()
-            for extra in self.chunks[1:]:
-                await extra.remove()
+            for chunk in self.chunks:
+                if isinstance(chunk, FlatMarkdown):
+                    await chunk.remove()
+            self.markdown.display = True
             await self.markdown.update(text)
         self.shown_chars = len(text)
         self.set_meta(reply_meta(metrics, state))
-
-    def stream_is_faithful(self, text: str) -> bool:
-        """Whether the streamed blocks already show `text` exactly: same source, and every
-        code block with its whole body (textual#6518). Then the final re-render is skipped,
-        which keeps the end of a long reply instant."""
-        if self.source != text:
-            return False
-        fences = [getattr(f, "code", None) for chunk in self.chunks
-                  for f in chunk.query("MarkdownFence")]
-        expected = code_blocks(text)
-        if "```" in text or "~~~" in text or fences:
-            if len(fences) != len(expected):
-                return False
-            return all(
-                (shown or "").rstrip("\n") == body.rstrip("\n")
-                for shown, body in zip(fences, expected, strict=True)
-            )
-        return True
 
 
 def make_view(data: MessageData) -> MessageView:

@@ -7,8 +7,8 @@ them. Here a list whose items are single paragraphs, and any table, is one widge
 itself for its width: the same reply needs about 260 widgets. A list item holding more than
 one paragraph (nested lists, code) keeps Textual's layout.
 
-While a reply streams, its last block is re-parsed on every write; the flat blocks take the new
-text in place instead of being replaced by a new widget.
+Replies loaded from history and re-rendered replies use it; a reply that streams is drawn by
+`FlatMarkdown` (widgets/flat_markdown.py), which looks the same.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from textual.widgets._markdown import (
     MarkdownTable,
 )
 
-from widgets.layout_pass import OneLayoutPass, relayout_if_resized
+from widgets.layout_pass import OneLayoutPass
 
 LIST_SUFFIX = ". "
 
@@ -87,16 +87,6 @@ class FlatBlock(OneLayoutPass, MarkdownBlock):
         if self._drawn is None or self._drawn[0] != width:
             self._drawn = (width, self.draw(max(width, 4)))
         return self._drawn[1]
-
-    def redraw(self) -> None:
-        """Forget the drawn lines; draw again on the next frame (the size may change)."""
-        before = self.content_size
-        self._drawn = None
-        self.refresh()
-        if self._flat:
-            relayout_if_resized(self, before)
-        else:
-            self.refresh(layout=True)
 
     def get_content_width(self, container: Size, viewport: Size) -> int:
         if not self._flat:
@@ -180,16 +170,6 @@ class FlatList(FlatBlock):
             lines.extend(Content.assemble(" " * indent, line) for line in wrapped[1:])
         return Content("\n").join(lines)
 
-    async def _update_from_block(self, block: MarkdownBlock) -> None:
-        if self._flat and type(block) is type(self):
-            self._copy_context(block)
-            items = block._collect()  # type: ignore[attr-defined]
-            if items is not None:
-                self._items = items
-                self.redraw()
-                return
-        await super()._update_from_block(block)
-
 
 LIST_CSS = """
 {name} > .list-bullet {{ color: $text-primary; }}
@@ -203,7 +183,6 @@ class ReplyBulletList(MarkdownBulletList, FlatList):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"list-bullet"}
     DEFAULT_CSS = LIST_CSS.format(name="ReplyBulletList")
     compose = FlatList.compose
-    _update_from_block = FlatList._update_from_block
 
     def bullets(self) -> list[str]:
         return [item.bullet for item in self._items_parts()]
@@ -215,7 +194,6 @@ class ReplyOrderedList(MarkdownOrderedList, FlatList):
     COMPONENT_CLASSES: ClassVar[set[str]] = {"list-bullet"}
     DEFAULT_CSS = LIST_CSS.format(name="ReplyOrderedList")
     compose = FlatList.compose
-    _update_from_block = FlatList._update_from_block
 
     def bullets(self) -> list[str]:
         items = self._items_parts()
@@ -228,15 +206,8 @@ class ReplyOrderedList(MarkdownOrderedList, FlatList):
         return [symbol.rjust(size + 1) for symbol in symbols]
 
 
-class ReplyParagraph(OneLayoutPass, MarkdownParagraph):
-    """A paragraph (a class of its own, so that list items can tell it apart). New text
-    streamed into it lays out the screen only when it needs another line."""
-
-    def set_content(self, content: Content) -> None:
-        before = self.content_size
-        self._content = content
-        self.update(content, layout=False)
-        relayout_if_resized(self, before)
+class ReplyParagraph(MarkdownParagraph):
+    """A paragraph (a class of its own, so that list items can tell it apart)."""
 
 
 class ReplyTable(MarkdownTable, FlatBlock):
@@ -271,57 +242,56 @@ class ReplyTable(MarkdownTable, FlatBlock):
         rows = [self._headers, *self._rows]
         return "\n".join(" | ".join(cell.plain for cell in row) for row in rows)
 
-    def column_widths(self, cells: list[list[Content]], width: int) -> list[int]:
-        """Each column as wide as its widest cell; the widest shrink until the table fits."""
-        columns = len(cells[0])
-        widths = [max(max(row[i].cell_length for row in cells), 1) for i in range(columns)]
-        room = max(width - 3 * columns - 1, columns)  # "│ " + " │ " between + " │"
-        while sum(widths) > room and max(widths) > 1:
-            widths[widths.index(max(widths))] -= 1
-        return widths
-
     def draw(self, width: int) -> Content:
-        columns = max([len(self._headers), *(len(row) for row in self._rows)])
-        if not columns:
-            return Content("")
+        return draw_table(self._headers, self._rows, width)
 
-        def pad(row: list[Content]) -> list[Content]:
-            return [*row, *[Content("")] * (columns - len(row))]
 
-        header, rows = pad(self._headers), [pad(row) for row in self._rows]
-        widths = self.column_widths([header, *rows], width)
+def column_widths(cells: list[list[Content]], width: int) -> list[int]:
+    """Each column as wide as its widest cell; the widest shrink until the table fits."""
+    columns = len(cells[0])
+    widths = [max(max(row[i].cell_length for row in cells), 1) for i in range(columns)]
+    room = max(width - 3 * columns - 1, columns)  # "│ " + " │ " between + " │"
+    while sum(widths) > room and max(widths) > 1:
+        widths[widths.index(max(widths))] -= 1
+    return widths
 
-        def rule(left: str, middle: str, right: str) -> Content:
-            line = left + middle.join("─" * (w + 2) for w in widths) + right
-            return Content(line).stylize(".table-line")
 
-        bar = Content("│").stylize(".table-line")
+def draw_table(headers: list[Content], rows: list[list[Content]], width: int) -> Content:
+    """A table for `width` cells: a header row, a rule under it, the rows, in a box (styled
+    with the component classes `table-header` and `table-line`)."""
+    columns = max([len(headers), *(len(row) for row in rows)])
+    if not columns:
+        return Content("")
 
-        def draw_row(cells: list[Content], style: str | None) -> list[Content]:
-            wrapped = [cell.wrap(widths[i]) or [Content("")] for i, cell in enumerate(cells)]
-            out: list[Content] = []
-            for line in range(max(len(parts) for parts in wrapped)):
-                parts: list[Content | tuple[str, str] | str] = [bar]
-                for i, cell_lines in enumerate(wrapped):
-                    part = cell_lines[line] if line < len(cell_lines) else Content("")
-                    part = part.pad_right(widths[i] - part.cell_length)
-                    parts.extend([" ", part.stylize(style) if style else part, " ", bar])
-                out.append(Content.assemble(*parts))
-            return out
+    def pad(row: list[Content]) -> list[Content]:
+        return [*row, *[Content("")] * (columns - len(row))]
 
-        lines = [rule("┌", "┬", "┐"), *draw_row(header, ".table-header"), rule("├", "┼", "┤")]
-        for row in rows:
-            lines.extend(draw_row(row, None))
-        lines.append(rule("└", "┴", "┘"))
-        return Content("\n").join(lines)
+    header, body = pad(headers), [pad(row) for row in rows]
+    widths = column_widths([header, *body], width)
 
-    async def _update_from_block(self, block: MarkdownBlock) -> None:
-        if isinstance(block, ReplyTable):
-            self._copy_context(block)
-            self._headers, self._rows = block._get_headers_and_rows()
-            self.redraw()
-            return
-        await super()._update_from_block(block)
+    def rule(left: str, middle: str, right: str) -> Content:
+        line = left + middle.join("─" * (w + 2) for w in widths) + right
+        return Content(line).stylize(".table-line")
+
+    bar = Content("│").stylize(".table-line")
+
+    def draw_row(cells: list[Content], style: str | None) -> list[Content]:
+        wrapped = [cell.wrap(widths[i]) or [Content("")] for i, cell in enumerate(cells)]
+        out: list[Content] = []
+        for line in range(max(len(parts) for parts in wrapped)):
+            parts: list[Content | tuple[str, str] | str] = [bar]
+            for i, cell_lines in enumerate(wrapped):
+                part = cell_lines[line] if line < len(cell_lines) else Content("")
+                part = part.pad_right(widths[i] - part.cell_length)
+                parts.extend([" ", part.stylize(style) if style else part, " ", bar])
+            out.append(Content.assemble(*parts))
+        return out
+
+    lines = [rule("┌", "┬", "┐"), *draw_row(header, ".table-header"), rule("├", "┼", "┤")]
+    for row in body:
+        lines.extend(draw_row(row, None))
+    lines.append(rule("└", "┴", "┘"))
+    return Content("\n").join(lines)
 
 
 class ReplyMarkdown(OneLayoutPass, Markdown):
@@ -329,9 +299,9 @@ class ReplyMarkdown(OneLayoutPass, Markdown):
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         """The height for `width`. Textual arranges a container whose children all have
-        dynamic heights for the size of its parent, and a streaming reply's parent grows on
-        every write, so every earlier Markdown widget of the reply would be arranged again;
-        blocks are `height: auto`, so the width alone decides the height."""
+        dynamic heights for the size of its parent, and the chat log grows as a reply streams
+        below, so every earlier reply would be arranged again; blocks are `height: auto`, so
+        the width alone decides the height."""
         if not self._nodes:
             return 0
         return self.arrange(Size(width, 0)).total_region.height
