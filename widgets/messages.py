@@ -189,9 +189,8 @@ class AssistantMessage(MessageView):
     def __init__(self, data: MessageData, **kwargs: object) -> None:
         super().__init__(data, **kwargs)
         self._pending: list[str] = []
-        self._streaming = False
         self._live: FlatMarkdown | None = None
-        """The widget the stream writes to (the last chunk)."""
+        """The widget the stream writes to (the last chunk); None when not streaming."""
         self._scan_from = 0
         self._writing = asyncio.Lock()
         """Held while text goes to the screen: a frame's write and the final one never
@@ -232,7 +231,7 @@ class AssistantMessage(MessageView):
         """The widgets that show the reply, in order: the chunks a streamed reply is drawn in
         (see `CHUNK_BLOCKS`), else the Markdown widget."""
         flat = [child for child in self.children if isinstance(child, FlatMarkdown)]
-        return [*flat] or [self.markdown]
+        return flat or [self.markdown]
 
     @property
     def source(self) -> str:
@@ -242,7 +241,7 @@ class AssistantMessage(MessageView):
     @property
     def streaming(self) -> bool:
         """Whether the reply is still streaming."""
-        return self._streaming
+        return self._live is not None
 
     def start_stream(self, cpu_budget: float | None = None) -> None:
         """Begin streaming: later `feed` calls append text, one write per frame. With a
@@ -255,13 +254,12 @@ class AssistantMessage(MessageView):
         self.markdown.display = False
         self.mount(self._live, before=self.query_one(".meta"))
         self._scan_from = 0
-        self._streaming = True
 
     def feed(self, text: str) -> None:
         """Queue streamed text; it reaches the screen on the next frame. A frame is scheduled
         only when text is waiting, so nothing wakes the UI while the model thinks."""
         self._pending.append(text)
-        if self._timer is None and self._streaming:
+        if self._timer is None and self._live is not None:
             self._timer = self.set_timer(self._delay, self._flush, name="reply-frame")
 
     async def _flush(self) -> None:
@@ -278,7 +276,7 @@ class AssistantMessage(MessageView):
 
     async def _write_pending(self) -> None:
         live = self._live
-        if not self._pending or not self._streaming or live is None:
+        if not self._pending or live is None:
             return
         chunk = "".join(self._pending)
         self._pending.clear()
@@ -343,7 +341,7 @@ class AssistantMessage(MessageView):
         self._after_frame.clear()
         async with self._writing:
             await self._write_pending()
-            streamed, self._streaming = self._streaming, False
+            streamed, self._live = self._live is not None, None
         self.data.content = text
         self.data.metrics = metrics
         self.data.state = state
