@@ -133,6 +133,18 @@ async def test_a_reply_streamed_in_small_pieces_draws_as_in_one_go() -> None:
         assert len(streamed._done) == streamed.block_count - 1
 
 
+def test_line_separators_other_than_newline_stay_inside_their_block() -> None:
+    """markdown-it breaks lines at "\\n" only; a form feed or U+2028 from a model must not
+    shift where the streamed blocks are cut."""
+    text = "para one\u2028 more\x0c still\n\nsecond para\n\nthird para\n\nfourth"
+    streamed, whole = FlatMarkdown(), FlatMarkdown(text)
+    for start in range(0, len(text), 3):
+        streamed.append(text[start:start + 3])
+    expected = ["para one\u2028 more\x0c still\n", "second para\n", "third para\n", "fourth"]
+    assert [block.text for block in whole._blocks] == expected
+    assert [block.text for block in streamed._blocks] == expected
+
+
 async def test_a_frame_renders_only_the_lines_it_changed() -> None:
     widget = FlatMarkdown("# Title\n\nA first paragraph.\n\nA second")
     app = Host(widget)

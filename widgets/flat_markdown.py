@@ -12,6 +12,7 @@ parse and its lines, and a frame lays out one widget.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import ClassVar
 
 from markdown_it import MarkdownIt
@@ -88,6 +89,8 @@ class Block:
     """The source lines the block spans."""
     text: str = ""
     """A top-level block's source."""
+    start: int = 0
+    """Where a top-level block's first line starts in the source."""
 
 
 def _inline(token: Token) -> Content:
@@ -116,9 +119,12 @@ def parse_blocks(source: str) -> list[Block]:
                                             lines=tuple(token.map or (0, 0))))  # type: ignore[arg-type]
         elif kind == "hr":
             stack[-1].children.append(Block("hr", lines=tuple(token.map or (0, 0))))  # type: ignore[arg-type]
-    lines = source.splitlines(keepends=True)
+    # markdown-it numbers lines by "\n" alone (str.splitlines also breaks at "\u2028" and others)
+    offsets = list(accumulate((len(line) + 1 for line in source.split("\n")), initial=0))
     for block in root.children:
-        block.text = "".join(lines[block.lines[0]:block.lines[1]])
+        first, last = block.lines
+        block.start = offsets[first]
+        block.text = source[block.start:offsets[last]]
     return root.children
 
 
@@ -217,9 +223,10 @@ class FlatMarkdown(OneLayoutPass, Widget):
         self._source += text
         tail = self._source[self._tail_at:]
         blocks = parse_blocks(tail)
+        for block in blocks:
+            block.start += self._tail_at
         if len(blocks) > 1:
-            start = blocks[-1].lines[0]
-            self._tail_at += sum(len(line) for line in tail.splitlines(keepends=True)[:start])
+            self._tail_at = blocks[-1].start
             self._done.extend(blocks[:-1])
             blocks = blocks[-1:]
         self._blocks = self._done + blocks
