@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from rich.console import Console
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
@@ -19,7 +20,7 @@ from textual.widgets import Markdown
 
 from tests.scripted_backend import REPLY, long_reply
 from widgets.flat_markdown import FlatMarkdown
-from widgets.messages import CHUNK_BLOCKS, AssistantMessage, MessageData, split_at_last_block
+from widgets.messages import CHUNK_BLOCKS, AssistantMessage, MessageData
 from widgets.reply_markdown import FlatBlock, ReplyMarkdown, ReplyTable
 
 WIDTH = 60
@@ -129,15 +130,28 @@ async def test_a_table_is_one_boxed_widget_that_fits_its_width() -> None:
     assert lines[3].startswith("  │ many words") and lines[3].endswith("│ x │")
 
 
-def test_split_at_last_block() -> None:
+def test_a_chunk_splits_off_a_block_that_began_in_the_new_text() -> None:
     # the last block starts inside the new text: split there
-    assert split_at_last_block("# A\n\npara one\n", "\nsecond para") == ("\n", "second para")
-    # the last block began in what was written: say where, to parse from there next time
-    written = "# A\n\npara one"
-    offset = split_at_last_block(written, " goes on")
-    assert offset == written.index("para")
-    assert split_at_last_block(written, " on\n\nnew", offset) == (" on\n\n", "new")
-    assert split_at_last_block("", "just text") == 0
+    live = FlatMarkdown("# A\n\npara one\n")
+    written = len(live.source)
+    live.append("\nsecond para")
+    assert live.last_block_start >= written
+    assert live.split_off_last_block() == "second para"
+    assert live.source == "# A\n\npara one\n\n" and live.block_count == 2
+    # the last block began in what was written: no split, and it is the one parsed again
+    live = FlatMarkdown("# A\n\npara one")
+    written = len(live.source)
+    live.append(" goes on")
+    assert live.last_block_start == live.source.index("para") < written
+    written = len(live.source)
+    live.append(" on\n\nnew")
+    assert live.last_block_start >= written
+    assert live.split_off_last_block() == "new" and live.source.endswith("goes on on\n\n")
+    # what stays goes on streaming as if the split block had never come
+    live.append("more of it")
+    assert live.text_at(40) == FlatMarkdown("# A\n\npara one goes on on\n\nmore of it").text_at(40)
+    with pytest.raises(ValueError):
+        FlatMarkdown("just text").split_off_last_block()
 
 
 async def test_a_long_streamed_reply_spans_chunks_and_equals_a_one_shot_render() -> None:

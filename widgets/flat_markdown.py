@@ -232,6 +232,24 @@ class FlatMarkdown(OneLayoutPass, Widget):
         self._blocks = self._done + blocks
         self.redraw()
 
+    @property
+    def last_block_start(self) -> int:
+        """Where the last block starts in the source (the line it begins on)."""
+        return self._tail_at
+
+    def split_off_last_block(self) -> str:
+        """Take the last block away, to go on in another widget, and return its source. The
+        text before it (blank lines included) stays, and so does everything else."""
+        if not self._done:
+            raise ValueError("there is no block before the last one to keep")
+        text = self._source[self._tail_at:]
+        self._source = self._source[:self._tail_at]
+        last = self._done.pop()  # the last block again: a later append parses it anew
+        self._tail_at = last.start
+        self._blocks = [*self._done, last]
+        self.redraw()
+        return text
+
     def redraw(self) -> None:
         """Forget the drawn lines; lay out again only if the height changed."""
         before = self.content_size

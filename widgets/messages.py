@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from markdown_it import MarkdownIt
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.events import Resize
@@ -46,36 +45,12 @@ CHUNK_BLOCKS = 12
 top-level blocks. A write then draws and lays out only the widget it lands in, not the whole
 reply, and finished chunks can be folded (benchmarks/tui_stream.py)."""
 
-_PARSER = MarkdownIt("gfm-like")
 _FENCE = re.compile(r"^(```|~~~)[^\n]*\n(.*?)^\1[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
 def code_blocks(markdown: str) -> list[str]:
     """The bodies of the fenced code blocks in `markdown`, in order."""
     return [match.group(2) for match in _FENCE.finditer(markdown)]
-
-
-def split_at_last_block(written: str, new: str, scan_from: int = 0) -> tuple[str, str] | int:
-    """Where `new`, appended to `written`, starts the last top-level block of the whole text.
-
-    Returns (head, tail) when that block starts inside `new` (on a line of its own): `head`
-    ends the blocks before it and `tail` begins it. Otherwise the offset in `written` where the
-    last block starts, so that the next call can parse from there (`scan_from`): the blocks
-    before the last one are complete (Textual's Markdown streaming assumes the same).
-    """
-    text = written[scan_from:] + new
-    start = None
-    for token in reversed(_PARSER.parse(text)):
-        if token.map is not None and token.level == 0:
-            start = token.map[0]
-            break
-    if start is None:
-        return scan_from
-    offset = scan_from + sum(len(line) for line in text.splitlines(keepends=True)[:start])
-    if offset < len(written) or offset == 0:
-        return offset
-    cut = offset - len(written)
-    return new[:cut], new[cut:]
 
 
 def format_tps(value: float) -> str:
@@ -191,7 +166,6 @@ class AssistantMessage(MessageView):
         self._pending: list[str] = []
         self._live: FlatMarkdown | None = None
         """The widget the stream writes to (the last chunk); None when not streaming."""
-        self._scan_from = 0
         self._writing = asyncio.Lock()
         """Held while text goes to the screen: a frame's write and the final one never
         interleave (starting a new chunk awaits)."""
@@ -253,7 +227,6 @@ class AssistantMessage(MessageView):
         self._live = FlatMarkdown(self.markdown.source, classes="body")
         self.markdown.display = False
         self.mount(self._live, before=self.query_one(".meta"))
-        self._scan_from = 0
 
     def feed(self, text: str) -> None:
         """Queue streamed text; it reaches the screen on the next frame. A frame is scheduled
@@ -281,20 +254,12 @@ class AssistantMessage(MessageView):
         chunk = "".join(self._pending)
         self._pending.clear()
         self.shown_chars += len(chunk)
-        if live.block_count >= CHUNK_BLOCKS:
-            split = split_at_last_block(live.source, chunk, self._scan_from)
-            if isinstance(split, int):
-                self._scan_from = split
-            else:
-                head, chunk = split
-                if head:
-                    live.append(head)
-                self._live = FlatMarkdown(classes="body")
-                await self.mount(self._live, after=live)
-                live = self._live
-                self._scan_from = 0
-                self.fold_far_above()
+        full, written = live.block_count >= CHUNK_BLOCKS, len(live.source)
         live.append(chunk)
+        if full and live.last_block_start >= written:  # a block began: it opens a new chunk
+            self._live = FlatMarkdown(live.split_off_last_block(), classes="body")
+            await self.mount(self._live, after=live)
+            self.fold_far_above()
 
     def fold_far_above(self) -> None:
         """Fold the finished chunks that lie more than a screen above the log's view, so that
