@@ -13,7 +13,7 @@ order alternates from pair to pair, so that a slow spell on a shared machine hit
 Greedy decoding must give both the same text and token count (checked: the two did the same
 work). Target (TUI issue): TUI decode tokens/s >= 0.95 x ask's (median of the per-pair ratios).
 
-    .venv/bin/python benchmarks/tui_vs_ask.py                         # 5 pairs, 128 tokens
+    .venv/bin/python benchmarks/tui_vs_ask.py                         # 15 pairs, 128 tokens
     .venv/bin/python benchmarks/tui_vs_ask.py --pairs 1 --max-tokens 32   # a quick check
 
 Exit status 0 when the target passes, 1 otherwise.
@@ -135,7 +135,7 @@ def run_tui(args: argparse.Namespace, home: Path, work: Path) -> Run:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=5, help="TUI/ask pairs")
+    parser.add_argument("--pairs", type=int, default=15, help="TUI/ask pairs")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ctx", type=int, default=4096)

@@ -21,7 +21,7 @@ from app.tui_store import message_state, metrics_from_dict
 from engine.errors import LampchatError
 from engine.types import ReplyMetrics
 from engine.worker import Generation
-from widgets.frame_pacer import LOCAL_CPU_BUDGET
+from widgets.frame_pacer import FRAME_S, LOCAL_CPU_BUDGET
 from widgets.messages import (
     AssistantMessage,
     ChatLog,
@@ -49,9 +49,10 @@ LOCAL_BACKENDS = frozenset({"llama.cpp", "native", "onnx", "mlx"})
 """Backends that decode on this machine. On its CPU, whatever the UI thread does takes CPU from
 the decode, so a reply's frames keep to a CPU budget, and the two below apply."""
 
-LOCAL_WAKE_S = 0.05
-"""Decoding on this machine's CPU: the engine wakes the UI for new tokens at most this often
-(frames come every 0.1 s or more), not for each token."""
+LOCAL_WAKE_S = FRAME_S
+"""Decoding on this machine's CPU: the engine wakes the UI for new tokens at most this often,
+not for each token. Frames come no more often than this, so waking the UI more often would only
+cost it CPU (every 0.05 s instead: TUI/ask decode about 0.01 lower, benchmarks/tui_vs_ask.py)."""
 
 LOCAL_PANEL_REFRESH_S = 1.0
 """Decoding on this machine's CPU: how often the metrics panel is redrawn while a reply streams
