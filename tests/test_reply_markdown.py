@@ -17,6 +17,7 @@ from rich.console import Console
 from textual.app import App, ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown
+from textual.widgets._markdown import MarkdownFence
 
 from tests.scripted_backend import REPLY, long_reply
 from widgets.flat_markdown import FlatMarkdown
@@ -179,6 +180,49 @@ async def test_a_long_streamed_reply_spans_chunks_and_equals_a_one_shot_render()
         await app.screen.mount(one_shot)
         assert [line for c in chunks for line in drawn(c)] == drawn(one_shot)
         # and drawn in one go, it is what Textual's Markdown shows (tests/test_flat_markdown.py)
+
+
+async def test_a_streamed_code_line_cut_at_the_edge_ends_in_a_code_block_that_scrolls() -> None:
+    """While streaming, a code line wider than the reply is cut at its edge; once the reply is
+    finished it is drawn by Textual's Markdown, whose code block scrolls sideways to show it."""
+    long_line = "print(" + ", ".join(f"value_{n}" for n in range(12)) + ")"
+    assert len(long_line) > WIDTH
+    text = f"Here:\n\n```python\n{long_line}\n```\n\nDone.\n"
+    view = AssistantMessage(MessageData("assistant", ""))
+    app = Host(view)
+    async with app.run_test(size=(WIDTH, 30)) as pilot:
+        view.start_stream()
+        view.feed(text)
+        await pilot.pause(0.2)  # a frame draws it
+        live = view.chunks[-1]
+        assert isinstance(live, FlatMarkdown) and live.cuts_code
+        assert long_line not in "\n".join(screen_text(app))
+        await view.finish(text, None)
+        await pilot.pause()
+        assert view.full_updates == 1 and view.markdown.display
+        assert not [c for c in view.children if isinstance(c, FlatMarkdown)]
+        fence = view.markdown.query_one(MarkdownFence)
+        assert long_line in fence.code and fence.max_scroll_x > 0
+        fence.scroll_to(x=fence.max_scroll_x, animate=False)
+        await pilot.pause()
+        assert "value_11)" in "\n".join(screen_text(app))  # the end of the line, scrolled to
+
+
+async def test_cuts_code_is_measured_where_the_code_block_is_drawn() -> None:
+    """A code line that fits the reply's width but not the list item it sits in is cut too;
+    code that fits is not, and neither is a long line of prose (it wraps)."""
+    fits, nested = FlatMarkdown(), FlatMarkdown()
+    app = Host(fits)
+    async with app.run_test(size=(WIDTH, 40)) as pilot:
+        await app.query_one(VerticalScroll).mount(nested)
+        await pilot.pause()
+        line = "x" * (fits.size.width - 2)  # with its indent of two, exactly the reply's width
+        fits.append(f"```\n{line}\n```\n\n" + "word " * 40)
+        nested.append(f"- item\n\n  ```\n  {line}\n  ```\n")
+        await pilot.pause()
+        assert not fits.cuts_code and nested.cuts_code
+        nested._lines(200)  # drawn wide enough, nothing is cut at that width
+        assert not nested._cut
 
 
 async def test_the_final_write_and_a_frame_never_interleave() -> None:

@@ -183,6 +183,9 @@ class FlatMarkdown(OneLayoutPass, Widget):
         self._drawn: tuple[int, list[Content]] | None = None
         self._cache: dict[tuple[str, int], list[Content]] = {}
         """Lines of top-level blocks by (source, width): a frame draws only what changed."""
+        self._cut: set[tuple[str, int]] = set()
+        """The keys of `_cache` whose lines cut a code line at the edge."""
+        self._cutting = False
         self._strips: dict[int, tuple[Content, int, Strip]] = {}
         """Rendered lines by the id of their Content: a frame renders only new lines."""
         self._highlights: dict[tuple[str, str], Content] = {}
@@ -212,6 +215,17 @@ class FlatMarkdown(OneLayoutPass, Widget):
 
         walk(self._blocks)
         return found
+
+    @property
+    def cuts_code(self) -> bool:
+        """Whether a code line is cut at the widget's edge, at its present width (or the last
+        it was drawn at, when folded away). Textual's code block would scroll sideways to show
+        the rest."""
+        width = self.size.width or (self._drawn[0] if self._drawn else 0)
+        if not width or not self._blocks:
+            return False
+        self._lines(width)  # drawn at this width, if not yet
+        return bool(self._cut)
 
     def text_at(self, width: int) -> str:
         """The text drawn for a content width of `width` cells (tests compare it)."""
@@ -261,6 +275,7 @@ class FlatMarkdown(OneLayoutPass, Widget):
     def notify_style_update(self) -> None:
         self._highlights.clear()  # highlighting depends on the theme (dark or light)
         self._cache.clear()
+        self._cut.clear()
         self._strips.clear()
         self._drawn = None
         super().notify_style_update()
@@ -300,15 +315,21 @@ class FlatMarkdown(OneLayoutPass, Widget):
             return []
         if self._drawn is None or self._drawn[0] != width:
             fresh: dict[tuple[str, int], list[Content]] = {}
+            cut: set[tuple[str, int]] = set()
             parts: list[tuple[Block, list[Content]]] = []
             for block in self._blocks:
                 key = (block.text, width)
                 drawn = self._cache.get(key)
                 if drawn is None:
+                    self._cutting = False
                     drawn = self._draw_block(block, max(width, 4), DOCUMENT)
+                    if self._cutting:
+                        cut.add(key)
+                elif key in self._cut:
+                    cut.add(key)
                 fresh[key] = drawn
                 parts.append((block, drawn))
-            self._cache = fresh
+            self._cache, self._cut = fresh, cut
             lines = self._stack(parts, DOCUMENT)
             self._drawn = (width, lines)
             drawn_ids = {id(line) for line in lines}
@@ -412,11 +433,13 @@ class FlatMarkdown(OneLayoutPass, Widget):
 
     def _draw_fence(self, block: Block, width: int, place: Place) -> list[Content]:
         """A code block: a blank line, each line indented by two (cut at the edge, as the
-        scrolled-to-the-left code block shows it), a blank line."""
+        scrolled-to-the-left code block shows it: see `cuts_code`), a blank line."""
         code = self._highlight(block.code, block.info)
         lines = [Content(""), *(Content.assemble("  ", line) for line in code.split("\n")),
                  Content("")]
         style = self._fill(place, "fence")
+        if any(line.cell_length > width for line in lines):
+            self._cutting = True
         return [line.truncate(width, pad=True).stylize_before(style) for line in lines]
 
     def _draw_list(self, block: Block, width: int, place: Place) -> list[Content]:

@@ -299,7 +299,8 @@ class AssistantMessage(MessageView):
         self, text: str, metrics: ReplyMetrics | None, state: MessageState = "done"
     ) -> None:
         """End the stream: write what is left. The streamed chunks stay when they show `text`
-        already; otherwise the Markdown widget renders the whole reply once."""
+        already; otherwise the Markdown widget renders the whole reply once. So it does when a
+        chunk cuts a code line at its edge: Textual's code block scrolls sideways to show it."""
         if self._timer is not None:
             self._timer.stop()
             self._timer = None
@@ -311,12 +312,12 @@ class AssistantMessage(MessageView):
         self.data.metrics = metrics
         self.data.state = state
         self._mark_state()
-        if not (streamed and self.source == text):
+        flat = [chunk for chunk in self.chunks if isinstance(chunk, FlatMarkdown)]
+        if not (streamed and self.source == text) or any(chunk.cuts_code for chunk in flat):
             self.full_updates += 1
             self.unfold_all()
-            for chunk in self.chunks:
-                if isinstance(chunk, FlatMarkdown):
-                    await chunk.remove()
+            for chunk in flat:
+                await chunk.remove()
             self.markdown.display = True
             await self.markdown.update(text)
         self.shown_chars = len(text)
