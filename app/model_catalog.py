@@ -23,11 +23,14 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import platformdirs
+
+from app.atomic_file import atomic_write_text
 from app.model_metadata import ModelMeta, read_metadata
 from engine.errors import LampchatError, UnknownFormatError
 from engine.formats.detect import detect_format
 from engine.models import default_model_path
-from engine.registry import FORMAT_BACKENDS
+from engine.registry import readers
 from engine.types import LoadSettings
 from widgets.model_entry import ModelChoice, ModelEntry
 
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "model-catalog.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_FILES_SCANNED = 50_000
 """Stop scanning a folder tree after this many files (e.g. `model.dirs = ["~"]`)."""
 MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".npz"})
@@ -79,6 +82,7 @@ def remote_entries(config: Config | None) -> list[ModelEntry]:
     if config is None or not config.endpoint_names():
         return []
     try:
+        # httpx (0.1 s) only when endpoints are configured
         from app.remote_catalog import list_remote_models
     except ImportError:  # the remote backend is not part of this install
         return []
@@ -109,6 +113,7 @@ def load_settings_for(choice: ModelChoice, config: Config | None,
     """The settings to load `choice` with: `base`, plus its endpoint's options when remote."""
     if not choice.endpoint or config is None:
         return base
+    # httpx (0.1 s) only when endpoints are configured
     from app.remote_catalog import endpoint_options, with_remote_options
 
     values = config.remote_endpoints().get(choice.endpoint)
@@ -120,7 +125,6 @@ def load_settings_for(choice: ModelChoice, config: Config | None,
 def _default_cache_path(config: Config | None) -> Path:
     if config is not None:
         return config.cache_dir() / CACHE_FILE
-    import platformdirs
 
     return Path(platformdirs.user_cache_dir("lampchat", appauthor=False)) / CACHE_FILE
 
@@ -254,16 +258,20 @@ def describe(path: Path, cache: MetadataCache | None = None, preferred: str = "a
         return ModelEntry(name, str(path), "unknown", error=f"cannot read {path}: {exc}")
     path = info.path  # a folder holding one GGUF file is that file
     meta = cache.get(path, info.format) if cache is not None else read_metadata(path, info.format)
+    backends = _backends(info.format, meta.architecture, preferred)
+    error = meta.error
+    if not backends and error is None:
+        error = f"no backend of this install runs {meta.architecture!r} {info.format} models"
     return ModelEntry(
         name=display_name(path),
         path=str(path),
         format=info.format,
-        backends=_backends(info.format, preferred),
+        backends=backends,
         file_size=meta.file_size,
         quantization=meta.quantization,
         n_params=meta.n_params,
         context_length=meta.context_length,
-        error=meta.error,
+        error=error,
     )
 
 
@@ -276,8 +284,9 @@ def display_name(path: Path) -> str:
     return path.stem if path.suffix else path.name
 
 
-def _backends(fmt: str, preferred: str) -> tuple[str, ...]:
-    backends = FORMAT_BACKENDS.get(fmt, ())
+def _backends(fmt: str, family: str | None, preferred: str) -> tuple[str, ...]:
+    """The backends that read `fmt` and run `family`, `preferred` first."""
+    backends = readers(fmt, family)
     if preferred in backends:
         return (preferred, *[b for b in backends if b != preferred])
     return backends
@@ -349,7 +358,6 @@ class MetadataCache:
         """Write the entries used by this listing (best effort: a failure is only logged)."""
         if not self._dirty and self._new.keys() == self._old.keys():
             return
-        from app.atomic_file import atomic_write_text
 
         try:
             text = json.dumps({"version": CACHE_VERSION, "models": self._new}, indent=0)

@@ -1,7 +1,9 @@
-"""Which compute devices this machine has, and which Lampchat backend can use which of them.
+"""Compute devices: their types, the names users type, and the hardware probes.
 
-Every probe is optional and guarded: a missing package or a broken driver yields an entry in
-`DeviceReport.problems`, never an exception. Results are cached per process (`clear_cache`).
+Every probe is optional and guarded: a missing package or a broken driver yields a problem line,
+never an exception. Results are cached per process (`clear_cache`). Which backend can use which
+device is each backend's own knowledge (`Backend.probe`); `engine.registry.detect` puts the two
+together into a `DeviceReport`.
 
 Device names users type (``--device``, ``[backend] device``): ``auto``, ``cpu``, a kind such as
 ``cuda``, ``metal``, ``opencl``, ``vulkan``, or a kind with an index such as ``cuda:1`` or
@@ -15,7 +17,7 @@ import importlib.metadata
 import logging
 import os
 import platform
-import re
+import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
@@ -29,6 +31,7 @@ from engine.errors import DeviceUnavailableError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 GPU_KINDS = ("cuda", "metal", "vulkan", "rocm", "opencl", "sycl", "musa", "directml", "cann")
 """Device kinds other than the CPU, in the order a tie is broken."""
@@ -41,23 +44,6 @@ KIND_LABELS = {
     "opencl": "OpenCL", "sycl": "SYCL", "musa": "MUSA", "directml": "DirectML", "cann": "CANN",
 }
 
-AUTO_KINDS: dict[str, tuple[str, ...]] = {
-    "native": ("cpu",),
-}
-"""Device kinds automatic choice may pick per backend (default: all it can use).
-
-The native engine's OpenCL path is portable rather than tuned, so it runs only when asked
-for (``--device opencl``)."""
-
-_GGML_KINDS = {
-    "cuda": "cuda", "metal": "metal", "mtl": "metal", "vulkan": "vulkan", "opencl": "opencl",
-    "rocm": "rocm", "hip": "rocm", "sycl": "sycl", "musa": "musa", "cann": "cann",
-}
-_GGML_DEV_TYPES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel", 4: "meta"}
-_LLAMA_CMAKE = {
-    "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "vulkan": "-DGGML_VULKAN=on",
-    "opencl": "-DGGML_OPENCL=on", "rocm": "-DGGML_HIP=on", "sycl": "-DGGML_SYCL=on",
-}
 _SIMD_FLAGS = (
     # x86-64
     "sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw",
@@ -159,11 +145,28 @@ def parse_device(spec: str | None) -> tuple[str, int | None]:
     return kind, int(index)
 
 
+
 # ---------------------------------------------------------------------------------------------
 # Probes (each cached; each returns what it found and never raises)
 
+_CACHED: list[Any] = []
 
-def _guard(what: str, probe: Callable[[], T], default: T, problems: list[str]) -> T:
+
+def probe_cache(fn: F) -> F:
+    """Cache a probe for the process; `clear_cache` forgets it (probes in other modules too)."""
+    cached = lru_cache(maxsize=16)(fn)
+    _CACHED.append(cached)
+    return cached  # type: ignore[return-value]
+
+
+def clear_cache() -> None:
+    """Forget every cached probe (the next `detect` probes again)."""
+    for fn in _CACHED:
+        fn.cache_clear()
+
+
+def guard(what: str, probe: Callable[[], T], default: T, problems: list[str]) -> T:
+    """`probe()`, or `default` with a problem line when it raises."""
     try:
         return probe()
     except Exception as exc:  # a broken driver or package must never crash detection
@@ -172,14 +175,15 @@ def _guard(what: str, probe: Callable[[], T], default: T, problems: list[str]) -
         return default
 
 
-def _dist_version(name: str) -> str | None:
+def dist_version(name: str) -> str | None:
+    """The installed version of distribution `name`, or None."""
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-@lru_cache(maxsize=1)
+@probe_cache
 def cpu_device() -> Device:
     """The CPU: cores, SIMD features and system memory."""
     mem = psutil.virtual_memory()
@@ -233,7 +237,6 @@ def _cpu_name_and_flags() -> tuple[str, list[str]]:
 
 
 def _sysctl(key: str) -> str | None:
-    import subprocess
 
     try:
         out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5)
@@ -242,145 +245,13 @@ def _sysctl(key: str) -> str | None:
     return out.stdout.strip() or None
 
 
-@dataclass
-class LlamaCppBuild:
-    """What the installed llama-cpp-python was built with."""
-
-    version: str | None
-    gpu_offload: bool
-    registries: list[str]
-    """ggml backend registries, e.g. ["CPU"] or ["CUDA", "CPU"]."""
-    devices: list[dict[str, Any]]
-    """ggml devices: registry, name, description, type, free, total."""
-    kinds: list[str]
-    """Lampchat device kinds the build supports (always "cpu" first)."""
-    system_info: str = ""
-    problems: list[str] = field(default_factory=list)
-
-
-@lru_cache(maxsize=1)
-def llama_cpp_build() -> LlamaCppBuild | None:
-    """Probe llama-cpp-python's build and its ggml backend registry; None if not installed."""
-    try:
-        import llama_cpp
-    except Exception as exc:
-        log.info("llama_cpp not importable: %s", exc)
-        return None
-    problems: list[str] = []
-    gpu = _guard("llama.cpp gpu offload", lambda: bool(llama_cpp.llama_supports_gpu_offload()),
-                 False, problems)
-    system_info = _guard(
-        "llama.cpp system info",
-        lambda: llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
-        "", problems,
-    )
-    registries, devices = _guard("ggml backend registry", lambda: _ggml_registry(llama_cpp),
-                                 ([], []), problems)
-    kinds = ["cpu"]
-    for reg in registries:
-        kind = _GGML_KINDS.get(reg.lower())
-        if kind and kind not in kinds:
-            kinds.append(kind)
-    for lib in _ggml_backend_libs(llama_cpp):  # dynamically loaded backends not registered yet
-        kind = _GGML_KINDS.get(lib)
-        if kind and kind not in kinds:
-            kinds.append(kind)
-    return LlamaCppBuild(
-        version=getattr(llama_cpp, "__version__", None) or _dist_version("llama-cpp-python"),
-        gpu_offload=gpu, registries=registries, devices=devices, kinds=kinds,
-        system_info=system_info, problems=problems,
-    )
-
-
-def _ggml_lib_dir(llama_cpp: Any) -> Path:
-    return Path(llama_cpp.__file__).resolve().parent / "lib"
-
-
-def _ggml_backend_libs(llama_cpp: Any) -> list[str]:
-    """Names of ggml backend libraries shipped as separate files (libggml-cuda.so -> "cuda")."""
-    out = []
-    try:
-        for path in sorted(_ggml_lib_dir(llama_cpp).glob("*ggml-*")):
-            match = re.match(r"(?:lib)?ggml-([a-z0-9]+)", path.name)
-            if match and match.group(1) not in ("base", "cpu"):
-                out.append(match.group(1))
-    except OSError:
-        pass
-    return out
-
-
-def _ggml_handle(llama_cpp: Any) -> Any:
-    """A ctypes handle exporting the ggml registry functions (the one llama_cpp loaded)."""
-    candidates: list[Any] = []
-    lib = getattr(getattr(llama_cpp, "llama_cpp", None), "_lib", None)
-    if lib is not None:
-        candidates.append(lib)
-    lib_dir = _ggml_lib_dir(llama_cpp)
-    for pattern in ("*ggml.*", "*ggml-base.*", "*llama.*"):
-        for path in sorted(lib_dir.glob(pattern)):
-            try:
-                candidates.append(ctypes.CDLL(str(path)))
-            except OSError:
-                continue
-    for handle in candidates:
-        if hasattr(handle, "ggml_backend_reg_count") and hasattr(handle, "ggml_backend_dev_memory"):
-            return handle
-    raise OSError(f"no library in {lib_dir} exports ggml_backend_reg_count")
-
-
-def _ggml_registry(llama_cpp: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    lib = _ggml_handle(llama_cpp)
-    vp, size_t = ctypes.c_void_p, ctypes.c_size_t
-    sigs: dict[str, tuple[list[Any], Any]] = {
-        "ggml_backend_reg_count": ([], size_t),
-        "ggml_backend_reg_get": ([size_t], vp),
-        "ggml_backend_reg_name": ([vp], ctypes.c_char_p),
-        "ggml_backend_dev_count": ([], size_t),
-        "ggml_backend_dev_get": ([size_t], vp),
-        "ggml_backend_dev_name": ([vp], ctypes.c_char_p),
-        "ggml_backend_dev_description": ([vp], ctypes.c_char_p),
-        "ggml_backend_dev_type": ([vp], ctypes.c_int),
-        "ggml_backend_dev_memory": ([vp, ctypes.POINTER(size_t), ctypes.POINTER(size_t)], None),
-        "ggml_backend_dev_backend_reg": ([vp], vp),
-    }
-    fns = {}
-    for name, (argtypes, restype) in sigs.items():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = argtypes, restype
-        fns[name] = fn
-
-    def text(raw: bytes | None) -> str:
-        return (raw or b"").decode("utf-8", "replace")
-
-    registries = [
-        text(fns["ggml_backend_reg_name"](fns["ggml_backend_reg_get"](i)))
-        for i in range(int(fns["ggml_backend_reg_count"]()))
-    ]
-    devices = []
-    for i in range(int(fns["ggml_backend_dev_count"]())):
-        dev = fns["ggml_backend_dev_get"](i)
-        free, total = size_t(0), size_t(0)
-        fns["ggml_backend_dev_memory"](dev, ctypes.byref(free), ctypes.byref(total))
-        reg = fns["ggml_backend_dev_backend_reg"](dev)
-        dev_type = int(fns["ggml_backend_dev_type"](dev))
-        devices.append({
-            "registry": text(fns["ggml_backend_reg_name"](reg)) if reg else "",
-            "name": text(fns["ggml_backend_dev_name"](dev)),
-            "description": text(fns["ggml_backend_dev_description"](dev)),
-            "type": _GGML_DEV_TYPES.get(dev_type, str(dev_type)),
-            "free": int(free.value),
-            "total": int(total.value),
-        })
-    return registries, devices
-
-
-@lru_cache(maxsize=1)
+@probe_cache
 def opencl_devices() -> tuple[list[dict[str, Any]], str | None]:
     """OpenCL devices through pyopencl, numbered as `opencl:N`, and a problem line if any.
 
     Raises ImportError when pyopencl is not installed.
     """
-    import pyopencl as cl
+    import pyopencl as cl  # optional (the opencl extra)
 
     try:
         platforms = cl.get_platforms()
@@ -425,7 +296,7 @@ def _cl_type(cl: Any, bits: int) -> str:
     return "/".join(names) or "other"
 
 
-@lru_cache(maxsize=1)
+@probe_cache
 def nvml_devices() -> tuple[list[dict[str, Any]], str | None]:
     """NVIDIA GPUs through the driver's NVML library (ctypes), with free memory."""
     system = platform.system()
@@ -470,50 +341,17 @@ def nvml_devices() -> tuple[list[dict[str, Any]], str | None]:
     return out, None
 
 
-@lru_cache(maxsize=1)
-def mlx_info() -> dict[str, Any] | None:
-    """MLX's default device and GPU support; None if MLX is not installed."""
-    try:
-        import mlx.core as mx
-    except Exception as exc:
-        log.info("mlx not importable: %s", exc)
-        return None
-    metal = bool(mx.metal.is_available())
-    cuda_mod = getattr(mx, "cuda", None)
-    cuda = bool(cuda_mod is not None and cuda_mod.is_available())
-    info: dict[str, Any] = {
-        "default_device": str(mx.default_device()), "metal": metal, "cuda": cuda,
-    }
-    if metal or cuda:
-        try:
-            info["gpu"] = {k: v for k, v in mx.device_info(mx.gpu).items()}
-        except Exception as exc:
-            info["gpu_problem"] = str(exc)
-    return info
-
-
-@lru_cache(maxsize=1)
-def onnx_providers() -> list[str] | None:
-    """onnxruntime's available execution providers; None if it is not installed."""
-    try:
-        import onnxruntime
-    except Exception as exc:
-        log.info("onnxruntime not importable: %s", exc)
-        return None
-    return list(onnxruntime.get_available_providers())
-
-
-def _is_apple_silicon() -> bool:
+def is_apple_silicon() -> bool:
+    """macOS on an arm64 CPU."""
     return platform.system() == "Darwin" and platform.machine() == "arm64"
 
 
 # ---------------------------------------------------------------------------------------------
-# Putting it together
+# Devices found, merged across probes
 
 
-class _Devices:
-    """Devices merged by id as probes report them."""
-
+class DeviceSet:
+    """Devices merged by id as probes report them (backends add themselves in `probe`)."""
     def __init__(self) -> None:
         self.by_id: dict[str, Device] = {}
 
@@ -550,261 +388,72 @@ class _Devices:
         return sorted(self.by_id.values(), key=lambda d: (rank.get(d.kind, 99), d.index))
 
 
-ALL_BACKENDS = ("llama.cpp", "native", "mlx", "onnx")
-"""Backends with local devices (the remote backend runs on its server)."""
+
+@dataclass
+class Hardware:
+    """What the hardware probes found, before any backend is asked."""
+
+    cpu: Device
+    found: DeviceSet
+    opencl: list[dict[str, Any]]
+    """OpenCL devices (`opencl_devices`); empty when not probed or none."""
+    opencl_installed: bool | None
+    """pyopencl importable; None: OpenCL was not probed."""
+    opencl_problem: str | None
+    problems: list[str]
 
 
-@lru_cache(maxsize=16)
-def detect(backends: tuple[str, ...] = ALL_BACKENDS, opencl: bool = True) -> DeviceReport:
-    """Probe the CPU, GPUs and `backends`' builds (cached per argument set).
+def scan_hardware(opencl: bool = True) -> Hardware:
+    """Probe the CPU, NVIDIA GPUs, Apple's GPU and (unless `opencl` is False) OpenCL devices.
 
     `opencl=False` skips enumerating OpenCL devices (the slowest probe), which automatic
     choice does not need.
     """
     problems: list[str] = []
-    cpu = _guard("cpu", cpu_device, None, problems)
+    cpu = guard("cpu", cpu_device, None, problems)
     if cpu is None:
         mem = psutil.virtual_memory()
         cpu = Device(id="cpu", kind="cpu", index=0, name=platform.machine() or "CPU", gpu=False,
                      total_memory=int(mem.total), free_memory=int(mem.available))
     cpu = replace(cpu, backends=[], sources=list(cpu.sources), details=dict(cpu.details))
-    found = _Devices()
-    supports: list[BackendSupport] = []
-
-    nvml, problem = _guard("nvml", nvml_devices, ([], None), problems)
+    found = DeviceSet()
+    nvml, problem = guard("nvml", nvml_devices, ([], None), problems)
     if problem:
         problems.append(problem)
     for d in nvml:
         found.add("cuda", d["index"], d["name"], "nvml", total=d["total"], free=d["free"])
-
-    if _is_apple_silicon():
+    if is_apple_silicon():
         found.add("metal", 0, "Apple GPU", "platform", total=cpu.total_memory,
                   free=cpu.free_memory, unified_memory=True)
-
     cl_devs: list[dict[str, Any]] = []
     cl_installed: bool | None = None
+    cl_problem: str | None = None
     if opencl:
         cl_installed = True
         try:
-            cl_devs, problem = opencl_devices()
+            cl_devs, cl_problem = opencl_devices()
         except ImportError:
-            cl_installed, problem = False, None
+            cl_installed = False
         except Exception as exc:
             log.warning("OpenCL probe failed", exc_info=True)
-            problem = f"OpenCL: {type(exc).__name__}: {exc}"
-        if problem:
-            problems.append(problem)
+            cl_problem = f"OpenCL: {type(exc).__name__}: {exc}"
+        if cl_problem:
+            problems.append(cl_problem)
         for d in cl_devs:
             found.add("opencl", d["index"], d["name"], "opencl", gpu=d["gpu"], total=d["total"],
-                      units=d["compute_units"], backend="native", platform=d["platform"],
-                      type=d["type"], fp16=d["fp16"], version=d["version"])
-
-    probes: dict[str, Callable[[], BackendSupport]] = {
-        "llama.cpp": lambda: _llama_support(found),
-        "native": lambda: _native_support(cl_devs, cl_installed, problem),
-        "mlx": lambda: _mlx_support(found),
-        "onnx": lambda: _onnx_support(found),
-    }
-    for name in backends:
-        if name in probes:
-            fallback = BackendSupport(name, installed=False, problem="probe failed")
-            supports.append(_guard(name, probes[name], fallback, problems))
-
-    for support in supports:
-        if support.installed and "cpu" in support.kinds:
-            cpu.backends.append(support.backend)
-    return DeviceReport(devices=[cpu, *found.ordered()], backends=supports, problems=problems)
+                      units=d["compute_units"], platform=d["platform"], type=d["type"],
+                      fp16=d["fp16"], version=d["version"])
+    return Hardware(cpu, found, cl_devs, cl_installed, cl_problem, problems)
 
 
-def _llama_support(found: _Devices) -> BackendSupport:
-    build = llama_cpp_build()
-    if build is None:
-        return BackendSupport("llama.cpp", installed=False, hint="pip install llama-cpp-python",
-                              problem="llama-cpp-python is not installed")
-    counters: dict[str, int] = {}
-    for dev in build.devices:
-        kind = _GGML_KINDS.get(dev["registry"].lower())
-        if kind is None or dev["type"] == "cpu":
-            continue
-        index = counters.get(kind, 0)
-        counters[kind] = index + 1
-        found.add(kind, index, dev["description"] or dev["name"], "ggml",
-                  gpu=dev["type"] in ("gpu", "igpu"), total=dev["total"] or None,
-                  free=dev["free"] or None, backend="llama.cpp", ggml_name=dev["name"])
-    for kind in build.kinds[1:]:
-        found.add_backend(kind, "llama.cpp")
-    gpu_kinds = build.kinds[1:]
-    if gpu_kinds:
-        label = ", ".join(KIND_LABELS.get(k, k) for k in gpu_kinds)
-        missing = [k for k in gpu_kinds if not found.has(k)]
-        text = f"{label} build"
-        hint = (f"no {', '.join(KIND_LABELS.get(k, k) for k in missing)} device found"
-                if missing else None)
-    else:
-        text = "CPU-only build"
-        hint = _llama_gpu_hint(found)
-    return BackendSupport("llama.cpp", installed=True, version=build.version, kinds=build.kinds,
-                          build=text, hint=hint, problem="; ".join(build.problems) or None)
-
-
-def _llama_gpu_hint(found: _Devices) -> str:
-    """How to reinstall llama-cpp-python for the GPU this machine has."""
-    if found.has("cuda"):
-        kind = "cuda"
-    elif found.has("metal") or _is_apple_silicon():
-        kind = "metal"
-    elif any(d.gpu for d in found.by_id.values()):
-        kind = "vulkan"
-    else:
-        return ("for a GPU reinstall with CMAKE_ARGS=-DGGML_CUDA=on (or -DGGML_METAL=on, "
-                "-DGGML_VULKAN=on); see README 'GPU installs'")
-    return (f"reinstall with CMAKE_ARGS={_LLAMA_CMAKE[kind]} for {KIND_LABELS[kind]}: "
-            f"CMAKE_ARGS=\"{_LLAMA_CMAKE[kind]}\" pip install --force-reinstall --no-cache-dir "
-            "llama-cpp-python")
-
-
-def _native_support(cl_devs: list[dict[str, Any]], cl_installed: bool | None,
-                    cl_problem: str | None) -> BackendSupport:
-    kinds = ["cpu"]
-    hint = None
-    if cl_installed is None:
-        text = "numpy on CPU (OpenCL not probed)"
-    elif cl_devs:
-        kinds.append("opencl")
-        text = f"numpy on CPU; OpenCL (pyopencl) on {len(cl_devs)} device(s)"
-    elif cl_installed:
-        text = "numpy on CPU; pyopencl installed but no OpenCL device"
-        hint = cl_problem or "install an OpenCL driver, e.g. pip install pocl-binary-distribution"
-        return BackendSupport("native", installed=True, version=_dist_version("numpy"),
-                              kinds=kinds, build=text, hint=hint,
-                              problem="pyopencl found no OpenCL device")
-    else:
-        text = "numpy on CPU"
-        hint = "for OpenCL: pip install 'lampchat[opencl]'"
-    return BackendSupport("native", installed=True, version=_dist_version("numpy"), kinds=kinds,
-                          build=text, hint=hint)
-
-
-def _mlx_support(found: _Devices) -> BackendSupport:
-    info = mlx_info()
-    if info is None:
-        return BackendSupport("mlx", installed=False, hint="pip install 'lampchat[mlx]'",
-                              problem="mlx is not installed")
-    kinds = ["cpu"]
-    gpu = info.get("gpu", {})
-    memory = gpu.get("memory_size") or gpu.get("total_memory")
-    name = str(gpu.get("device_name") or "")
-    if info["metal"]:
-        kinds.append("metal")
-        found.add("metal", 0, name or "Apple GPU", "mlx", total=memory, backend="mlx")
-    if info["cuda"]:
-        kinds.append("cuda")
-        found.add("cuda", 0, name or "CUDA GPU", "mlx", total=memory, backend="mlx")
-    gpu_names = [KIND_LABELS[k] for k in kinds[1:]]
-    text = f"{', '.join(gpu_names)} build" if gpu_names else "CPU-only build"
-    hint = None
-    if not gpu_names:
-        hint = ("for Metal: pip install mlx (macOS, Apple silicon)" if platform.system() == "Darwin"
-                else "for CUDA: pip install 'mlx[cuda12]'")
-    return BackendSupport("mlx", installed=True, version=_dist_version("mlx"), kinds=kinds,
-                          build=text, hint=hint)
-
-
-_ORT_KINDS = {
-    "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
-    "CoreMLExecutionProvider": "metal", "DmlExecutionProvider": "directml",
-    "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm",
-}
-
-
-def _onnx_support(found: _Devices) -> BackendSupport:
-    providers = onnx_providers()
-    if providers is None:
-        return BackendSupport("onnx", installed=False, hint="pip install 'lampchat[onnx]'",
-                              problem="onnxruntime is not installed")
-    kinds = ["cpu"]
-    for provider in providers:
-        kind = _ORT_KINDS.get(provider)
-        if kind and kind not in kinds:
-            kinds.append(kind)
-            found.add_backend(kind, "onnx")
-    if "directml" in kinds and not found.has("directml"):
-        found.add("directml", 0, "DirectML device", "onnxruntime", backend="onnx")
-    short = [p.removesuffix("ExecutionProvider") for p in providers]
-    version = _dist_version("onnxruntime") or _dist_version("onnxruntime-gpu")
-    hint = None
-    if len(kinds) == 1 and platform.system() != "Darwin":
-        hint = "for CUDA: pip install onnxruntime-gpu"
-        if platform.system() == "Windows":
-            hint += "; for DirectML: pip install onnxruntime-directml"
-    return BackendSupport("onnx", installed=True, version=version, kinds=kinds,
-                          build="providers: " + ", ".join(short), hint=hint)
-
-
-def how_to_get(backend: str, kind: str) -> str | None:
-    """What to install for `backend` to use device kind `kind`, or None if nothing would."""
-    if kind == "metal" and not (platform.system() == "Darwin" and platform.machine() == "arm64"):
-        return "Metal needs macOS on Apple silicon"
-    if backend == "llama.cpp" and kind in _LLAMA_CMAKE:
-        return f"reinstall with CMAKE_ARGS={_LLAMA_CMAKE[kind]}"
-    if backend == "mlx" and kind == "cuda":
-        return "pip install 'mlx[cuda12]'"
-    if backend == "mlx" and kind == "metal":
-        return "MLX uses Metal on macOS with Apple silicon"
-    if backend == "onnx" and kind == "cuda":
-        return "pip install onnxruntime-gpu"
-    if backend == "native" and kind == "opencl":
-        return "pip install 'lampchat[opencl]' and an OpenCL driver"
-    return None
-
-
-def clear_cache() -> None:
-    """Forget every cached probe (the next `detect` probes again)."""
-    for fn in (detect, cpu_device, llama_cpp_build, opencl_devices, nvml_devices, mlx_info,
-               onnx_providers):
-        fn.cache_clear()
-
-
-def require_device(backend: str, device: str) -> None:
-    """Raise DeviceUnavailableError unless `backend` can run on `device` here.
-
-    For llama.cpp this asks the library itself (its build and its ggml devices), so a backend
-    can call it in `load` before touching hardware: "cuda" with a CPU-only build fails here
-    instead of silently running on the CPU.
-    """
-    kind, index = parse_device(device)
-    if kind in ("auto", "cpu"):
-        return
+def device_unavailable(backend: str, kind: str, index: int | None, spec: str,
+                       report: DeviceReport, support: BackendSupport) -> None:
+    """Raise DeviceUnavailableError unless `report` has a `kind` device `backend` can use."""
     label = KIND_LABELS.get(kind, kind)
-    if backend == "llama.cpp":
-        build = llama_cpp_build()
-        kinds = build.kinds if build else []
-        if kind == "gpu":
-            if len(kinds) > 1:
-                return
-            raise DeviceUnavailableError(
-                "this llama.cpp build is CPU-only (see README 'GPU installs')"
-            )
-        if kind not in kinds:
-            flag = _LLAMA_CMAKE.get(kind)
-            how = f"; reinstall with CMAKE_ARGS={flag}" if flag else ""
-            built = "CPU-only" if len(kinds) <= 1 else "built for " + ", ".join(kinds[1:])
-            raise DeviceUnavailableError(
-                f"{label} is not available in this llama.cpp build ({built}{how})"
-            )
-        assert build is not None
-        count = sum(1 for d in build.devices if _GGML_KINDS.get(d["registry"].lower()) == kind)
-        if count == 0 or (index is not None and index >= count):
-            raise DeviceUnavailableError(f"llama.cpp found no {label} device {device!r}")
-        return
-    report = detect()
-    support = report.support(backend)
-    if support is None or not support.installed:
-        return  # creating the backend reports the missing package
     devices = [d for d in report.devices_for(backend) if kind in ("gpu", d.kind)]
     if kind == "gpu":
         devices = [d for d in devices if d.gpu]
     if kind != "gpu" and kind not in support.kinds:
         raise DeviceUnavailableError(f"{backend} cannot use {label} ({support.build})")
     if not devices or (index is not None and all(d.index != index for d in devices)):
-        raise DeviceUnavailableError(f"{backend} found no {label} device {device!r}")
+        raise DeviceUnavailableError(f"{backend} found no {label} device {spec!r}")

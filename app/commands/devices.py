@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.devices import DeviceReport, detect
+from engine.devices import DeviceReport
+from engine.registry import detect
 
 
 def add_parser(subparsers: Any) -> None:

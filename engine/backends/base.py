@@ -8,6 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar
 
+from engine.devices import BackendSupport, DeviceReport, Hardware, device_unavailable
 from engine.errors import LampchatError
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
@@ -55,6 +56,45 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    """The name users type (`--backend`)."""
+    formats: ClassVar[tuple[str, ...]] = ()
+    """Model formats it reads (`engine.formats.detect` names)."""
+    families: ClassVar[frozenset[str] | None] = None
+    """Model architectures it runs (`model_type` / `general.architecture`); None: whatever its
+    library knows, which Lampchat cannot list."""
+    local: ClassVar[bool] = True
+    """Runs on this machine, so the device setting applies (False: on a server)."""
+    install_hint: ClassVar[str] = ""
+    """What to install when its library is missing."""
+    auto_kinds: ClassVar[tuple[str, ...] | None] = None
+    """Device kinds automatic choice may pick (None: every kind its build supports)."""
+    bench_adapter: ClassVar[str | None] = None
+    """"module:attribute" of its `engine.bench.adapters.BenchAdapter` (None: the generic one)."""
+
+    @classmethod
+    def runs(cls, family: str | None) -> bool:
+        """Whether it runs models of architecture `family` (unknown: assume so)."""
+        return family is None or cls.families is None or family.lower() in cls.families
+
+    @classmethod
+    def probe(cls, hardware: Hardware) -> BackendSupport:
+        """What its installed build can run on; adds itself to the devices it can use."""
+        return BackendSupport(cls.name, installed=True, kinds=["cpu"], build="CPU")
+
+    @classmethod
+    def how_to_get(cls, kind: str) -> str | None:
+        """What to install to use device kind `kind`, or None if nothing would."""
+        return None
+
+    @classmethod
+    def check_device(cls, kind: str, index: int | None, spec: str,
+                     report: Callable[[], DeviceReport]) -> None:
+        """Raise DeviceUnavailableError unless it can run on device `spec` here."""
+        full = report()
+        support = full.support(cls.name)
+        if support is None or not support.installed:
+            return  # creating the backend reports the missing package
+        device_unavailable(cls.name, kind, index, spec, full, support)
 
     def __init__(self) -> None:
         self._cancel = threading.Event()

@@ -8,7 +8,7 @@ import io
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,17 @@ import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import CHATML, ChatTemplate
-from engine.errors import LampchatError, ModelLoadError
+from engine.devices import (
+    KIND_LABELS,
+    BackendSupport,
+    DeviceReport,
+    DeviceSet,
+    Hardware,
+    is_apple_silicon,
+)
+from engine.errors import DeviceUnavailableError, LampchatError, ModelLoadError
 from engine.formats.detect import detect_format, validate_gguf
+from engine.ggml_build import GGML_KINDS, llama_cpp_build
 from engine.memory import trim_heap
 from engine.textstream import StopMatcher, Utf8Assembler
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
@@ -35,7 +44,7 @@ def _route_llama_logs() -> None:
     global _log_callback
     if _log_callback is not None:
         return
-    import llama_cpp
+    import llama_cpp  # loads llama.cpp's native library: only when it is used
 
     @llama_cpp.llama_log_callback
     def callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -63,13 +72,13 @@ def default_threads() -> int:
 
 def gpu_offload_supported() -> bool:
     """Whether this llama.cpp build can offload layers to a GPU."""
-    import llama_cpp
+    import llama_cpp  # loads llama.cpp's native library: only when it is used
 
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def _quantization(metadata: dict[str, str]) -> str:
-    import gguf
+    import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
     file_type = metadata.get("general.file_type")
     if file_type is None:
@@ -90,10 +99,103 @@ def _libc_strlen() -> Any:
         return None
 
 
+LLAMA_CMAKE = {
+    "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "vulkan": "-DGGML_VULKAN=on",
+    "opencl": "-DGGML_OPENCL=on", "rocm": "-DGGML_HIP=on", "sycl": "-DGGML_SYCL=on",
+}
+"""The CMake flag that builds llama.cpp for each device kind."""
+
+
+def _gpu_hint(found: DeviceSet) -> str:
+    """How to reinstall llama-cpp-python for the GPU this machine has."""
+    if found.has("cuda"):
+        kind = "cuda"
+    elif found.has("metal") or is_apple_silicon():
+        kind = "metal"
+    elif any(d.gpu for d in found.by_id.values()):
+        kind = "vulkan"
+    else:
+        return ("for a GPU reinstall with CMAKE_ARGS=-DGGML_CUDA=on (or -DGGML_METAL=on, "
+                "-DGGML_VULKAN=on); see README 'GPU installs'")
+    return (f"reinstall with CMAKE_ARGS={LLAMA_CMAKE[kind]} for {KIND_LABELS[kind]}: "
+            f"CMAKE_ARGS=\"{LLAMA_CMAKE[kind]}\" pip install --force-reinstall --no-cache-dir "
+            "llama-cpp-python")
+
+
 class LlamaCppBackend(Backend):
     """Runs GGUF models with llama.cpp; one instance owns one model and one context."""
 
     name = "llama.cpp"
+    formats = ("gguf",)
+    install_hint = "pip install llama-cpp-python"
+    bench_adapter = "engine.bench.adapters.llama_cpp:ADAPTER"
+
+    @classmethod
+    def probe(cls, hardware: Hardware) -> BackendSupport:
+        """The build's GPU kinds from its ggml registry; its GPUs join the device list."""
+        build = llama_cpp_build()
+        if build is None:
+            return BackendSupport("llama.cpp", installed=False, hint=cls.install_hint,
+                                  problem="llama-cpp-python is not installed")
+        found = hardware.found
+        counters: dict[str, int] = {}
+        for dev in build.devices:
+            kind = GGML_KINDS.get(dev["registry"].lower())
+            if kind is None or dev["type"] == "cpu":
+                continue
+            index = counters.get(kind, 0)
+            counters[kind] = index + 1
+            found.add(kind, index, dev["description"] or dev["name"], "ggml",
+                      gpu=dev["type"] in ("gpu", "igpu"), total=dev["total"] or None,
+                      free=dev["free"] or None, backend="llama.cpp", ggml_name=dev["name"])
+        for kind in build.kinds[1:]:
+            found.add_backend(kind, "llama.cpp")
+        gpu_kinds = build.kinds[1:]
+        if gpu_kinds:
+            label = ", ".join(KIND_LABELS.get(k, k) for k in gpu_kinds)
+            missing = [k for k in gpu_kinds if not found.has(k)]
+            text = f"{label} build"
+            hint = (f"no {', '.join(KIND_LABELS.get(k, k) for k in missing)} device found"
+                    if missing else None)
+        else:
+            text = "CPU-only build"
+            hint = _gpu_hint(found)
+        return BackendSupport("llama.cpp", installed=True, version=build.version,
+                              kinds=build.kinds, build=text, hint=hint,
+                              problem="; ".join(build.problems) or None)
+
+    @classmethod
+    def how_to_get(cls, kind: str) -> str | None:
+        """The CMake flag that builds llama.cpp for `kind`."""
+        if kind == "metal" and not is_apple_silicon():
+            return "Metal needs macOS on Apple silicon"
+        return f"reinstall with CMAKE_ARGS={LLAMA_CMAKE[kind]}" if kind in LLAMA_CMAKE else None
+
+    @classmethod
+    def check_device(cls, kind: str, index: int | None, spec: str,
+                     report: Callable[[], DeviceReport]) -> None:
+        """Asks the library itself (its build and ggml devices): "cuda" with a CPU-only build
+        fails here instead of silently running on the CPU."""
+        label = KIND_LABELS.get(kind, kind)
+        build = llama_cpp_build()
+        kinds = build.kinds if build else []
+        if kind == "gpu":
+            if len(kinds) > 1:
+                return
+            raise DeviceUnavailableError(
+                "this llama.cpp build is CPU-only (see README 'GPU installs')"
+            )
+        if kind not in kinds:
+            flag = LLAMA_CMAKE.get(kind)
+            how = f"; reinstall with CMAKE_ARGS={flag}" if flag else ""
+            built = "CPU-only" if len(kinds) <= 1 else "built for " + ", ".join(kinds[1:])
+            raise DeviceUnavailableError(
+                f"{label} is not available in this llama.cpp build ({built}{how})"
+            )
+        assert build is not None
+        count = sum(1 for d in build.devices if GGML_KINDS.get(d["registry"].lower()) == kind)
+        if count == 0 or (index is not None and index >= count):
+            raise DeviceUnavailableError(f"llama.cpp found no {label} device {spec!r}")
 
     def __init__(self) -> None:
         super().__init__()
@@ -115,7 +217,7 @@ class LlamaCppBackend(Backend):
         report(0.05, "checking file")
         validate_gguf(path)
         try:
-            import llama_cpp
+            import llama_cpp  # loads llama.cpp's native library: only when it is used
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not installed ({exc})") from exc
         _route_llama_logs()
@@ -183,7 +285,7 @@ class LlamaCppBackend(Backend):
         libc's `strlen` over a two-byte buffer `[flag, 0]`: it returns 0 (go on) until
         `cancel` sets the flag to 1 (abort), without entering Python.
         """
-        import llama_cpp
+        import llama_cpp  # loads llama.cpp's native library: only when it is used
 
         strlen = _libc_strlen()
         if strlen is not None:
@@ -236,7 +338,7 @@ class LlamaCppBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Generate token by token, detokenizing and matching stop strings as it goes."""
-        import llama_cpp
+        import llama_cpp  # loads llama.cpp's native library: only when it is used
 
         llm = self._llm
         if llm is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import platform
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,16 +18,26 @@ from typing import Any
 
 from engine.backends.base import Backend, ProgressCallback, at_thread_exit, check_context
 from engine.chat_template import ChatTemplate, encode_prompt
+from engine.devices import (
+    KIND_LABELS,
+    BackendSupport,
+    Hardware,
+    dist_version,
+    is_apple_silicon,
+    probe_cache,
+)
 from engine.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
     LampchatError,
     ModelLoadError,
 )
+from engine.formats import hf_folder
 from engine.formats.detect import detect_format
 from engine.memory import trim_heap
 from engine.sampling import PENALTY_LAST_N
 from engine.textstream import token_pieces
+from engine.tokenizer import load_tokenizer_json
 from engine.types import (
     ChatMessage,
     FinishReason,
@@ -55,8 +66,8 @@ class _PrefillCancelled(Exception):
 def import_mlx() -> tuple[Any, Any]:
     """`(mlx.core, mlx_lm)`, or BackendUnavailableError with the install hint."""
     try:
-        import mlx.core as mx
-        import mlx_lm
+        import mlx.core as mx  # optional (the mlx extra)
+        import mlx_lm  # optional (the mlx extra)
     except Exception as exc:  # ImportError, or a broken native library
         raise BackendUnavailableError(
             f"the MLX backend needs mlx and mlx-lm ({INSTALL_HINT}): {exc}"
@@ -104,10 +115,70 @@ def _quantization(config: dict[str, Any]) -> str:
     return {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}.get(dtype, dtype or "unknown")
 
 
+@probe_cache
+def mlx_info() -> dict[str, Any] | None:
+    """MLX's default device and GPU support; None if MLX is not installed."""
+    try:
+        import mlx.core as mx  # optional (the mlx extra)
+    except Exception as exc:
+        log.info("mlx not importable: %s", exc)
+        return None
+    metal = bool(mx.metal.is_available())
+    cuda_mod = getattr(mx, "cuda", None)
+    cuda = bool(cuda_mod is not None and cuda_mod.is_available())
+    info: dict[str, Any] = {
+        "default_device": str(mx.default_device()), "metal": metal, "cuda": cuda,
+    }
+    if metal or cuda:
+        try:
+            info["gpu"] = {k: v for k, v in mx.device_info(mx.gpu).items()}
+        except Exception as exc:
+            info["gpu_problem"] = str(exc)
+    return info
+
+
 class MLXBackend(Backend):
     """Runs HF-style folders with mlx-lm; one model at a time, generation on the engine thread."""
 
     name = "mlx"
+    formats = MLX_FORMATS
+    install_hint = INSTALL_HINT
+    bench_adapter = "engine.bench.adapters.mlx:ADAPTER"
+
+    @classmethod
+    def probe(cls, hardware: Hardware) -> BackendSupport:
+        """MLX's build: Metal or CUDA when its GPU is available, else the CPU."""
+        info = mlx_info()
+        if info is None:
+            return BackendSupport("mlx", installed=False, hint=INSTALL_HINT,
+                                  problem="mlx is not installed")
+        kinds = ["cpu"]
+        gpu = info.get("gpu", {})
+        memory = gpu.get("memory_size") or gpu.get("total_memory")
+        name = str(gpu.get("device_name") or "")
+        if info["metal"]:
+            kinds.append("metal")
+            hardware.found.add("metal", 0, name or "Apple GPU", "mlx", total=memory,
+                               backend="mlx")
+        if info["cuda"]:
+            kinds.append("cuda")
+            hardware.found.add("cuda", 0, name or "CUDA GPU", "mlx", total=memory, backend="mlx")
+        gpu_names = [KIND_LABELS[k] for k in kinds[1:]]
+        text = f"{', '.join(gpu_names)} build" if gpu_names else "CPU-only build"
+        hint = None
+        if not gpu_names:
+            hint = ("for Metal: pip install mlx (macOS, Apple silicon)"
+                    if platform.system() == "Darwin" else "for CUDA: pip install 'mlx[cuda12]'")
+        return BackendSupport("mlx", installed=True, version=dist_version("mlx"), kinds=kinds,
+                              build=text, hint=hint)
+
+    @classmethod
+    def how_to_get(cls, kind: str) -> str | None:
+        """MLX's GPU builds."""
+        if kind == "metal":
+            return ("MLX uses Metal on macOS with Apple silicon" if is_apple_silicon()
+                    else "Metal needs macOS on Apple silicon")
+        return "pip install 'mlx[cuda12]'" if kind == "cuda" else None
 
     def __init__(self) -> None:
         super().__init__()
@@ -140,8 +211,6 @@ class MLXBackend(Backend):
         folder = info.path if info.path.is_dir() else info.path.parent
         if not (folder / "tokenizer.json").is_file():
             raise ModelLoadError(f"the model folder has no tokenizer.json: {folder}")
-        from engine.formats import hf_folder
-        from engine.tokenizer import load_tokenizer_json
 
         config = hf_folder.read_config(folder)
         device = mlx_device(mx, settings.device)
@@ -219,7 +288,9 @@ class MLXBackend(Backend):
 
         Afterwards `finish_reason` is "stop", "length" or "cancelled".
         """
-        from mlx_lm.generate import stream_generate
+        from mlx_lm.generate import stream_generate  # optional (the mlx extra)
+
+        # optional (the mlx extra)
         from mlx_lm.sample_utils import make_logits_processors, make_sampler
 
         mx = self._mx
@@ -300,6 +371,7 @@ class MLXBackend(Backend):
     def _reuse_cache(self, tokens: Sequence[int]) -> int:
         """Trim the KV cache to its common prefix with `tokens` (at most all but the last
         token); returns how many cached tokens are kept."""
+        # optional (the mlx extra)
         from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
 
         cache = self._cache

@@ -12,10 +12,12 @@ import numpy as np
 
 from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import ChatTemplate, encode_prompt
+from engine.devices import BackendSupport, Hardware, dist_version
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
+from engine.formats.loader import load_model
 from engine.memory import trim_heap
-from engine.native import build_model
+from engine.native import ARCHITECTURES, build_model
 from engine.native.generator import Generator
 from engine.native.opencl import ops_for_device
 from engine.sampling import Sampler
@@ -37,6 +39,7 @@ def limit_blas_threads(n: int) -> None:
     OpenBLAS threads busy-wait, so more threads than free cores slows decoding a lot.
     """
     try:
+        # loads the BLAS libraries: only when a model runs
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - a declared dependency
         log.warning("threadpoolctl is not installed; BLAS uses its default thread count")
@@ -54,6 +57,38 @@ class NativeBackend(Backend):
     """Runs LLaMA-family and GPT-2 models with numpy, one model and one KV cache at a time."""
 
     name = "native"
+    formats = NATIVE_FORMATS
+    families = frozenset(ARCHITECTURES)
+    auto_kinds = ("cpu",)  # its OpenCL path is portable rather than tuned: only when asked
+    bench_adapter = "engine.bench.adapters.native:ADAPTER"
+
+    @classmethod
+    def probe(cls, hardware: Hardware) -> BackendSupport:
+        """numpy on the CPU; OpenCL devices through pyopencl when it is installed."""
+        version = dist_version("numpy")
+        if hardware.opencl_installed is None:
+            return BackendSupport("native", installed=True, version=version, kinds=["cpu"],
+                                  build="numpy on CPU (OpenCL not probed)")
+        if hardware.opencl:
+            hardware.found.add_backend("opencl", "native")
+            return BackendSupport(
+                "native", installed=True, version=version, kinds=["cpu", "opencl"],
+                build=f"numpy on CPU; OpenCL (pyopencl) on {len(hardware.opencl)} device(s)")
+        if hardware.opencl_installed:
+            return BackendSupport(
+                "native", installed=True, version=version, kinds=["cpu"],
+                build="numpy on CPU; pyopencl installed but no OpenCL device",
+                hint=hardware.opencl_problem
+                or "install an OpenCL driver, e.g. pip install pocl-binary-distribution",
+                problem="pyopencl found no OpenCL device")
+        return BackendSupport("native", installed=True, version=version, kinds=["cpu"],
+                              build="numpy on CPU",
+                              hint="for OpenCL: pip install 'lampchat[opencl]'")
+
+    @classmethod
+    def how_to_get(cls, kind: str) -> str | None:
+        """OpenCL needs pyopencl and a driver."""
+        return "pip install 'lampchat[opencl]' and an OpenCL driver" if kind == "opencl" else None
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,7 +115,6 @@ class NativeBackend(Backend):
         ops = ops_for_device(settings.device, settings.options)  # numpy, or OpenCL
         if settings.n_threads:
             limit_blas_threads(settings.n_threads)
-        from engine.formats.loader import load_model
 
         started = time.perf_counter()
         report(0.0, "reading weights")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,16 +26,19 @@ import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
 from engine.chat_template import ChatTemplate, encode_prompt
+from engine.devices import BackendSupport, Hardware, dist_version, is_apple_silicon, probe_cache
 from engine.errors import (
     BackendUnavailableError,
     DeviceUnavailableError,
     LampchatError,
     ModelLoadError,
 )
+from engine.formats import hf_folder
 from engine.formats.detect import detect_format
 from engine.memory import trim_heap
 from engine.sampling import Sampler
 from engine.textstream import token_pieces
+from engine.tokenizer import load_tokenizer_json
 from engine.types import (
     ChatMessage,
     FinishReason,
@@ -81,7 +85,7 @@ _KV_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cud
 def import_onnxruntime() -> Any:
     """The onnxruntime module, or BackendUnavailableError with the install hint."""
     try:
-        import onnxruntime
+        import onnxruntime  # optional (the onnx extra)
     except Exception as exc:  # ImportError, or a broken native library
         raise BackendUnavailableError(
             f"the ONNX backend needs onnxruntime ({INSTALL_HINT}): {exc}"
@@ -140,10 +144,65 @@ def _model_file(path: Path) -> Path:
     return files[0]
 
 
+PROVIDER_KINDS = {
+    "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
+    "CoreMLExecutionProvider": "metal", "DmlExecutionProvider": "directml",
+    "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm",
+}
+"""onnxruntime execution providers -> Lampchat device kinds."""
+
+
+@probe_cache
+def onnx_providers() -> list[str] | None:
+    """onnxruntime's available execution providers; None if it is not installed."""
+    try:
+        import onnxruntime  # optional (the onnx extra)
+    except Exception as exc:
+        log.info("onnxruntime not importable: %s", exc)
+        return None
+    return list(onnxruntime.get_available_providers())
+
+
 class OnnxBackend(Backend):
     """Runs decoder-only ONNX models with onnxruntime; one model and one KV cache at a time."""
 
     name = "onnx"
+    formats = ("onnx",)
+    install_hint = INSTALL_HINT
+    bench_adapter = "engine.bench.adapters.onnx:ADAPTER"
+
+    @classmethod
+    def probe(cls, hardware: Hardware) -> BackendSupport:
+        """onnxruntime's execution providers, as device kinds."""
+        providers = onnx_providers()
+        if providers is None:
+            return BackendSupport("onnx", installed=False, hint=cls.install_hint,
+                                  problem="onnxruntime is not installed")
+        found = hardware.found
+        kinds = ["cpu"]
+        for provider in providers:
+            kind = PROVIDER_KINDS.get(provider)
+            if kind and kind not in kinds:
+                kinds.append(kind)
+                found.add_backend(kind, "onnx")
+        if "directml" in kinds and not found.has("directml"):
+            found.add("directml", 0, "DirectML device", "onnxruntime", backend="onnx")
+        short = [p.removesuffix("ExecutionProvider") for p in providers]
+        version = dist_version("onnxruntime") or dist_version("onnxruntime-gpu")
+        hint = None
+        if len(kinds) == 1 and platform.system() != "Darwin":
+            hint = "for CUDA: pip install onnxruntime-gpu"
+            if platform.system() == "Windows":
+                hint += "; for DirectML: pip install onnxruntime-directml"
+        return BackendSupport("onnx", installed=True, version=version, kinds=kinds,
+                              build="providers: " + ", ".join(short), hint=hint)
+
+    @classmethod
+    def how_to_get(cls, kind: str) -> str | None:
+        """The onnxruntime package with `kind`'s provider."""
+        if kind == "metal" and not is_apple_silicon():
+            return "Metal needs macOS on Apple silicon"
+        return "pip install onnxruntime-gpu" if kind == "cuda" else None
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,8 +235,6 @@ class OnnxBackend(Backend):
             raise ModelLoadError(f"the ONNX backend reads .onnx models; {path} is {info.format}")
         file = _model_file(info.path)
         folder = file.parent
-        from engine.formats import hf_folder
-        from engine.tokenizer import load_tokenizer_json
 
         if not (folder / "tokenizer.json").is_file():
             raise ModelLoadError(f"the ONNX model folder has no tokenizer.json: {folder}")

@@ -29,6 +29,7 @@ import httpx
 
 from engine.backends.base import Backend, ProgressCallback
 from engine.errors import BackendError, LampchatError, ModelLoadError
+from engine.models import default_model_path
 from engine.remote_api import (
     Endpoint,
     RemoteModel,
@@ -97,7 +98,6 @@ def choose_model(wanted: str, models: list[RemoteModel], endpoint: Endpoint) -> 
 def _is_default_model_path(model: str) -> bool:
     """Whether `model` is the bundled GGUF the worker substitutes for "no model given"."""
     try:
-        from engine.models import default_model_path
 
         return model == str(default_model_path())
     except LampchatError:
@@ -295,6 +295,8 @@ class RemoteBackend(Backend):
     """Streams chat replies from an OpenAI-compatible server over HTTP (SSE)."""
 
     name = "remote"
+    local = False
+    bench_adapter = "engine.bench.adapters.remote:ADAPTER"
 
     def __init__(self) -> None:
         super().__init__()

@@ -26,7 +26,7 @@ from typing import Any, TextIO, TypeVar
 
 from engine.backends.base import Backend
 from engine.bench.adapters import BenchAdapter, RawBaseline, StreamTiming, Timeline, adapter_for
-from engine.bench.config import CaseSpec
+from engine.bench.config import CaseSpec, _is_default
 from engine.bench.memory import GpuMemoryProbe, peak_rss_mb, rss_mb
 from engine.bench.prompts import TG_PROMPT, TTFT_PROMPT, chat, prompt_of_tokens
 from engine.bench.stats import Stat
@@ -71,7 +71,6 @@ def empty_result(spec: CaseSpec) -> dict[str, Any]:
     result.update(model=path.name or spec.model, model_path=spec.model, backend=spec.backend,
                   device=spec.device, status="failed")
     if spec.backend == "remote":  # a server's model: nothing on disk here
-        from engine.bench.config import _is_default
 
         result["model"] = "server's model" if _is_default(spec.model) else spec.model
         return result

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.models import default_model_path
+from engine.remote_api import safe_url
+
 DEFAULT_REPETITIONS = 5
 DEFAULT_PP = (128, 512)
 DEFAULT_TG = 128
@@ -63,7 +66,6 @@ class BenchConfig:
         out["pp"] = list(self.pp)
         del out["remote"]  # may hold an API key
         if self.remote:
-            from engine.remote_api import safe_url
 
             out["remote_url"] = safe_url(str(self.remote.get("base_url") or ""))
         return out
@@ -109,7 +111,6 @@ class CaseSpec:
         """E.g. "llama.cpp · cpu · model.gguf"."""
         name = self.model.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
         if self.backend == "remote":
-            from engine.remote_api import safe_url
 
             where = safe_url(str(self.options.get("base_url") or ""))
             return f"remote · {where or self.options.get('endpoint_name') or '?'} · " + (
@@ -127,6 +128,5 @@ class CaseSpec:
 
 
 def _is_default(model: str) -> bool:
-    from engine.models import default_model_path
 
     return not model or model == str(default_model_path())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
+import platform
 import sys
 
 import psutil
@@ -20,7 +22,7 @@ def rss_mb() -> float:
 def peak_rss_mb() -> float:
     """This process's peak resident set size since it started, in MiB (the kernel's count)."""
     try:
-        import resource
+        import resource  # guarded: not on every platform
     except ImportError:  # Windows: the peak working set
         info = psutil.Process().memory_info()
         return float(getattr(info, "peak_wset", info.rss)) / 2**20
@@ -37,7 +39,7 @@ def nvml_process_memory_mb(pid: int | None = None) -> float | None:
     """
     pid = os.getpid() if pid is None else pid
     try:
-        import pynvml
+        import pynvml  # optional
     except ImportError:
         return None
     try:
@@ -64,8 +66,6 @@ def nvml_process_memory_mb(pid: int | None = None) -> float | None:
 def nvml_used_mb() -> float | None:
     """GPU memory in use on all NVIDIA devices together, in MiB, through the driver's NVML
     library (ctypes; no Python package needed); None without an NVIDIA driver."""
-    import ctypes
-    import platform
 
     if platform.system() == "Darwin":
         return None

@@ -28,10 +28,11 @@ import psutil
 from engine.bench.child import empty_result, one_line
 from engine.bench.config import BenchConfig, CaseSpec
 from engine.bench.report import SCHEMA, SCHEMA_VERSION
+from engine.devices import cpu_device
 from engine.errors import LampchatError
 from engine.formats.detect import detect_format
 from engine.models import resolve_model
-from engine.registry import FORMAT_BACKENDS, canonical_name
+from engine.registry import canonical_name, detect, is_local, readers
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,13 @@ EventHandler = Callable[[dict[str, Any]], None]
 """Receives run events: "case_start", "progress", "case_end" (each with "index", "total")."""
 
 _REPO_ROOT = Path(__file__).resolve().parents[2]
-_DEVICE_FREE = ("remote",)
-"""Backends that run elsewhere: no local device to choose."""
 
 
 def devices_for(backend: str) -> list[str]:
     """Device ids `backend` can run on here (from `engine.devices`), the CPU at least."""
-    if backend in _DEVICE_FREE:
+    if not is_local(backend):
         return ["auto"]
     try:
-        from engine.devices import detect
-
         ids = [d.id for d in detect().devices_for(backend)]
     except Exception:  # detection is best effort; the child reports a real failure
         log.warning("device detection failed for %s", backend, exc_info=True)
@@ -93,14 +90,14 @@ def _local_cases(config: BenchConfig, model: str, backends: list[str],
     except LampchatError as exc:
         return [CaseSpec.for_config(config, model, backends[0] if len(backends) == 1
                                     else "auto", "auto", log_file, error=one_line(exc))]
-    readers = FORMAT_BACKENDS.get(fmt, ())
+    fmt_readers = readers(fmt)
     cases = []
-    for backend in backends or list(readers):
-        if backend not in readers:
+    for backend in backends or list(fmt_readers):
+        if backend not in fmt_readers:
             cases.append(CaseSpec.for_config(
                 config, model, backend, "auto", log_file, status="skipped",
                 error=f"{backend} does not read {fmt} models (readers: "
-                      f"{', '.join(readers) or 'none'})"))
+                      f"{', '.join(fmt_readers) or 'none'})"))
             continue
         devices = list(dict.fromkeys(config.devices)) or devices_for(backend)
         cases.extend(CaseSpec.for_config(config, model, backend, device, log_file)
@@ -216,7 +213,6 @@ def host_info() -> dict[str, Any]:
     """The machine and the library versions the figures were taken with."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(Exception):
-        from engine.devices import cpu_device
 
         cpu = cpu_device().name
     return {

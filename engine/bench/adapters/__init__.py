@@ -6,8 +6,8 @@ GPU memory, and how to call the backend's library directly (the raw baseline Lam
 streaming overhead is measured against). A backend with no adapter module still runs through
 Lampchat's path with the generic adapter; it just has no raw baseline.
 
-To add one: write `engine/bench/adapters/<backend>.py` with a module-level `ADAPTER` and list it
-in `ADAPTERS`.
+To add one: write `engine/bench/adapters/<backend>.py` with a module-level `ADAPTER` and name it
+in the backend class's `bench_adapter`.
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.backends.base import Backend
+from engine.errors import LampchatError
+from engine.registry import backend_class
 from engine.types import ChatMessage, SamplingParams
-
-ADAPTERS: dict[str, str] = {
-    "llama.cpp": "engine.bench.adapters.llama_cpp:ADAPTER",
-    "native": "engine.bench.adapters.native:ADAPTER",
-    "mlx": "engine.bench.adapters.mlx:ADAPTER",
-    "onnx": "engine.bench.adapters.onnx:ADAPTER",
-    "remote": "engine.bench.adapters.remote:ADAPTER",
-}
-"""Backend name -> "module:attribute" of its `BenchAdapter` (imported on demand)."""
 
 
 @dataclass(frozen=True)
@@ -134,8 +127,11 @@ def generic_adapter(backend: str, backend_cls: type | None = None) -> BenchAdapt
 
 
 def adapter_for(backend: str, backend_obj: Backend | None = None) -> BenchAdapter:
-    """The adapter registered for `backend`, else the generic one."""
-    spec = ADAPTERS.get(backend)
+    """The adapter the backend's class names (`Backend.bench_adapter`), else the generic one."""
+    try:
+        spec = backend_class(backend).bench_adapter
+    except LampchatError:
+        spec = None
     if spec is None:
         return generic_adapter(backend, type(backend_obj) if backend_obj is not None else None)
     module_name, _, attr = spec.partition(":")

@@ -45,7 +45,7 @@ class LlamaCppRaw(RawBaseline):
     @contextlib.contextmanager
     def _plain(self) -> Iterator[None]:
         """No abort callback inside the block; the backend's own is put back after."""
-        import llama_cpp
+        import llama_cpp  # loads llama.cpp's native library: only when it is used
 
         reinstall = getattr(self.backend, "_install_abort_callback", None)
         if reinstall is None:

@@ -40,7 +40,7 @@ class MlxRaw(RawBaseline):
 
     def prompt(self, tokens: list[int]) -> float:
         """Seconds for one forward pass over `tokens` (evaluated) from an empty cache."""
-        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.models.cache import make_prompt_cache  # optional (the mlx extra)
 
         mx = self.mx
         cache = make_prompt_cache(self.model)
@@ -55,8 +55,8 @@ class MlxRaw(RawBaseline):
 
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> StreamTiming:
         """`stream_generate` from the prompt ids; each response is one token."""
-        from mlx_lm.generate import stream_generate
-        from mlx_lm.sample_utils import make_sampler
+        from mlx_lm.generate import stream_generate  # optional (the mlx extra)
+        from mlx_lm.sample_utils import make_sampler  # optional (the mlx extra)
 
         mx = self.mx
         start = time.perf_counter()

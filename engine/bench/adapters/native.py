@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.backends.base import Backend
 from engine.bench.adapters import BenchAdapter, RawBaseline, StreamTiming, timed_stream
+from engine.sampling import Sampler
 from engine.types import ChatMessage, SamplingParams
 
 
@@ -43,7 +44,6 @@ class NativeRaw(RawBaseline):
 
     def chat(self, messages: Sequence[ChatMessage], sampling: SamplingParams) -> StreamTiming:
         """Token ids straight from the generator, from an empty cache."""
-        from engine.sampling import Sampler
 
         self.generator.cache.truncate(0)
         start = time.perf_counter()

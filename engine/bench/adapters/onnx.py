@@ -15,6 +15,7 @@ import numpy as np
 
 from engine.backends.base import Backend
 from engine.bench.adapters import BenchAdapter, RawBaseline, StreamTiming, timed_stream
+from engine.bench.memory import nvml_process_memory_mb
 from engine.types import ChatMessage, SamplingParams
 
 
@@ -94,7 +95,6 @@ def _gpu_memory(backend: Backend) -> float | None:
     info = backend.info
     if info is None or info.device == "cpu" or not info.device.startswith(("cuda", "gpu")):
         return None
-    from engine.bench.memory import nvml_process_memory_mb
 
     return nvml_process_memory_mb()
 
