@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
 from app.logs import setup_logging
+from engine.backends.base import run_thread_exit_hooks
 from engine.errors import LampchatError
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit status; never shows a traceback."""
     setup_logging()
+    # per-thread library state (MLX streams) made on this thread must go before interpreter
+    # shutdown; at exit, not on return, so that a caller's thread keeps its own until then
+    atexit.register(run_thread_exit_hooks)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command is None:
+            # the TUI (and Textual) only when no subcommand is given
             from app.tui_main import run_tui
 
             return run_tui(args)
@@ -59,8 +65,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error")
         print(f"lampchat: unexpected error: {exc} (details in the log file)", file=sys.stderr)
         return 1
-    finally:
-        # per-thread library state (MLX streams) must go before interpreter shutdown
-        from engine.backends.base import run_thread_exit_hooks
-
-        run_thread_exit_hooks()

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+from app.history import Conversation
 from engine.devices import parse_device
 from engine.errors import LampchatError
 from engine.types import LoadSettings, SamplingParams
@@ -165,3 +167,85 @@ def load_settings_from_args(
     if remote:  # the remote backend's endpoint: --base-url, --api-key-env, --endpoint, config
         settings.options = {**settings.options, **remote}
     return settings
+
+
+# -- the TUI's options ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model the app can load: what `EngineWorker.load` takes, and a label."""
+
+    model: str
+    backend: str = "auto"
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        """A short name for menus."""
+        return self.label or Path(self.model).name or self.model
+
+
+@dataclass
+class TuiOptions:
+    """Everything the TUI starts with, resolved from CLI flags, environment and config."""
+
+    model: str | None = None
+    backend: str = "auto"
+    load: LoadSettings = field(default_factory=LoadSettings)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    system_prompt: str = ""
+    theme: str = "textual-dark"
+    show_metrics: bool = False
+    log_window: int = 60
+    config: Any = None
+    """The `app.config.Config` in use (None when config support is unavailable)."""
+    save_theme: Callable[[str], None] | None = None
+    """Persists the theme choice (ui.theme)."""
+    prompt_history: Any = None
+    """An `app.prompt_history` store with `items()` and `add(text)`, or None (memory only)."""
+    list_models: Callable[[], list[ModelSpec]] | None = None
+    """Models for the command palette (default: the config's model catalog)."""
+    skip_initial_load: bool = False
+    load_history: Conversation | None = None
+    """The conversation to start with (--load-history), already read."""
+    quiet_errors: bool = False
+    """On an exception nothing handled, log it and exit with a one-line message instead of
+    Textual's on-screen traceback (the `lampchat` command sets it; tests keep Textual's)."""
+    forced_exit_s: float | None = None
+    """After a signal, end the process this many seconds later if it has not exited (the
+    `lampchat` command sets it; None in tests)."""
+
+
+def options_from_config(config: Any, base: TuiOptions | None = None) -> TuiOptions:
+    """TuiOptions from an `app.config.Config` (CLI flags go on top, see `options_from_args`)."""
+    base = base or TuiOptions()
+    if config is None:
+        return base
+    return replace(
+        base,
+        model=config.model(),
+        backend=config.backend(),
+        load=config.load_settings(),
+        sampling=config.sampling(),
+        system_prompt=config.system_prompt() or "",
+        theme=str(config.get("ui.theme")),
+        show_metrics=bool(config.get("ui.show_metrics")),
+        config=config,
+    )
+
+
+def options_from_args(args: argparse.Namespace, base: TuiOptions) -> TuiOptions:
+    """`base` with the command line's flags applied (flags win over everything)."""
+    options = replace(
+        base,
+        sampling=sampling_from_args(args, base.sampling),
+        load=load_settings_from_args(args, base.load, base.config),
+    )
+    if getattr(args, "model", None):
+        options.model = args.model
+    if getattr(args, "backend", None):
+        options.backend = args.backend
+    if getattr(args, "system", None) is not None:
+        options.system_prompt = args.system
+    return options

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from app.options import load_settings_from_args, sampling_from_args
-from app.tui import LampchatApp, TuiOptions
+from app.config import load_config, save_config
+from app.history import load_conversation_file
+from app.history_store import HistoryStore
+from app.options import options_from_args, options_from_config
+from app.prompt_history import open_prompt_history
+from app.tui import LampchatApp
 from app.tui_store import ChatStore
 from engine.errors import LampchatError
 
@@ -21,45 +24,10 @@ FORCED_EXIT_S = 10.0
 (its terminal is gone); everything is saved first."""
 
 
-def options_from_config(config: Any, base: TuiOptions | None = None) -> TuiOptions:
-    """TuiOptions from an `app.config.Config` (CLI flags go on top, see `options_from_args`)."""
-    base = base or TuiOptions()
-    if config is None:
-        return base
-    return replace(
-        base,
-        model=config.model(),
-        backend=config.backend(),
-        load=config.load_settings(),
-        sampling=config.sampling(),
-        system_prompt=config.system_prompt() or "",
-        theme=str(config.get("ui.theme")),
-        show_metrics=bool(config.get("ui.show_metrics")),
-        config=config,
-    )
-
-
-def options_from_args(args: argparse.Namespace, base: TuiOptions) -> TuiOptions:
-    """`base` with the command line's flags applied (flags win over everything)."""
-    options = replace(
-        base,
-        sampling=sampling_from_args(args, base.sampling),
-        load=load_settings_from_args(args, base.load, base.config),
-    )
-    if getattr(args, "model", None):
-        options.model = args.model
-    if getattr(args, "backend", None):
-        options.backend = args.backend
-    if getattr(args, "system", None) is not None:
-        options.system_prompt = args.system
-    return options
-
-
 def theme_saver(config: Any) -> Any:
     """A function that writes `ui.theme` (and only it) into the config file."""
 
     def save(name: str) -> None:
-        from app.config import load_config, save_config
 
         config.set("ui.theme", name)
         fresh = load_config(config.path, create=False)
@@ -73,9 +41,6 @@ def theme_saver(config: Any) -> Any:
 
 def build_app(args: argparse.Namespace) -> LampchatApp:
     """The app configured from `args`, the environment and the config file."""
-    from app.config import load_config
-    from app.history import HistoryStore, load_conversation_file
-    from app.prompt_history import open_prompt_history
 
     config = load_config(getattr(args, "config", None))
     options = options_from_args(args, options_from_config(config))

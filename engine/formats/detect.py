@@ -16,13 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ModelLoadError, UnknownFormatError
-
-GGUF_MAGIC = b"GGUF"
-ZIP_MAGIC = b"PK\x03\x04"
-TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-"""The number a legacy `torch.save` pickles first, as pickle's LONG1 payload."""
-ONNX_MODEL_FIELDS = {1, 2, 3, 4, 5, 6, 7, 8, 14, 20, 25}
-"""Field numbers of onnx.ModelProto."""
+from engine.formats import hf_folder
+from engine.formats.gguf_file import GGUFFile
+from engine.formats.magic import (
+    GGUF_MAGIC,
+    ONNX_MODEL_FIELDS,
+    TORCH_LEGACY_MAGIC,
+    ZIP_MAGIC,
+    check_readable,
+    read_magic,
+)
+from engine.formats.pytorch import pytorch_files
+from engine.formats.safetensors_io import read_header
 
 
 @dataclass(frozen=True)
@@ -32,25 +37,6 @@ class FormatInfo:
     format: str
     path: Path
     detail: str = ""
-
-
-def check_readable(path: Path) -> None:
-    """Raise ModelLoadError unless `path` exists, is readable and (for a file) not empty."""
-    if not path.exists():
-        raise ModelLoadError(f"model not found: {path}")
-    if not os.access(path, os.R_OK):
-        raise ModelLoadError(f"model is not readable (permission denied): {path}")
-    if path.is_file() and path.stat().st_size == 0:
-        raise ModelLoadError(f"model file is empty: {path}")
-
-
-def read_magic(path: Path, n: int = 16) -> bytes:
-    """The first `n` bytes of a file."""
-    try:
-        with path.open("rb") as fh:
-            return fh.read(n)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read model file {path}: {exc.strerror or exc}") from exc
 
 
 def detect_format(path: str | os.PathLike[str]) -> FormatInfo:
@@ -71,8 +57,6 @@ def _detect_file(p: Path) -> FormatInfo:
     if _looks_like_legacy_torch(head):
         return FormatInfo("pytorch", p, "legacy")
     if _looks_like_safetensors(head):
-        from engine.formats.safetensors_io import read_header
-
         read_header(p)  # raises a clear error when damaged
         return FormatInfo("safetensors", p)
     onnx = _onnx_verdict(p, head)
@@ -176,8 +160,6 @@ def _onnx_verdict(p: Path, head: bytes) -> FormatInfo | None:
 
 
 def _detect_folder(p: Path) -> FormatInfo:
-    from engine.formats import hf_folder
-
     config_path = p / "config.json"
     config: dict[str, object] = {}
     if config_path.is_file():
@@ -193,13 +175,9 @@ def _detect_folder(p: Path) -> FormatInfo:
         return FormatInfo("mlx", p, "npz")
     if (p / hf_folder.SAFETENSORS_INDEX).is_file() or list(p.glob("*.safetensors")):
         files = hf_folder.safetensors_files(p)
-        from engine.formats.safetensors_io import read_header
-
         for f in files:
             read_header(f)
         return FormatInfo("safetensors", p, f"{len(files)} shards" if len(files) > 1 else "")
-    from engine.formats.pytorch import pytorch_files
-
     if config and pytorch_files(p):  # loose checkpoints without a config are listed one by one
         return FormatInfo("pytorch", p)
     onnx = sorted(p.glob("*.onnx"))
@@ -214,7 +192,5 @@ def _detect_folder(p: Path) -> FormatInfo:
 
 def validate_gguf(path: Path) -> None:
     """Parse a GGUF file's header and tensor table; raise ModelLoadError if damaged or truncated."""
-    from engine.formats.gguf_file import GGUFFile
-
     if not GGUFFile(path).tensors:
         raise ModelLoadError(f"GGUF file holds no tensors: {path}")

@@ -123,7 +123,7 @@ class GGUFFile:
         raise _Damaged(f"unknown metadata value type {vtype}")
 
     def _parse(self) -> None:
-        import gguf
+        import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
         self._need(0, 24)
         if self._mm[:4] != MAGIC:
@@ -187,7 +187,7 @@ class GGUFFile:
 
     def array(self, t: GGUFTensorInfo) -> np.ndarray:
         """The tensor in float32 (dequantized), or a zero-copy view for F32/F16 tensors."""
-        import gguf
+        import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
         raw = self.raw(t)
         if t.qtype == gguf.GGMLQuantizationType.F32:
@@ -203,7 +203,7 @@ _CHUNK_BLOCKS = 1 << 16
 def dequantize(raw: np.ndarray, qtype: Any, n_elements: int) -> np.ndarray:
     """Dequantize ggml blocks to float32: Q4_0, Q4_1 and Q8_0 vectorised here, every other type
     (the K-quants, Q5_x, IQ*, BF16, ...) through `gguf.quants`, in large chunks."""
-    import gguf
+    import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     blocks = raw.reshape(-1, type_size)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.formats.gguf_file import GGUFFile
 
 Progress = Callable[[float, str], None]
 
@@ -94,7 +95,6 @@ class GGUFModel:
     """A GGUF file opened for reading (tensor data stays memory-mapped)."""
 
     def __init__(self, path: Path) -> None:
-        from engine.formats.gguf_file import GGUFFile
 
         self.path = Path(path)
         self.file = GGUFFile(self.path)
@@ -140,7 +140,7 @@ class GGUFModel:
     @property
     def quantization(self) -> str:
         """The file type, e.g. "Q4_1", from `general.file_type` or the commonest tensor type."""
-        import gguf
+        import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
         ftype = self.field("general.file_type")
         if ftype is not None:

@@ -16,7 +16,11 @@ import numpy as np
 
 from engine.chat_template import CHATML, ChatTemplate
 from engine.errors import ModelLoadError, UnknownFormatError
+from engine.formats import hf_folder
 from engine.formats.detect import detect_format
+from engine.formats.pytorch import iter_pytorch, pytorch_files
+from engine.formats.safetensors_io import iter_safetensors, read_header
+from engine.tokenizer import load_tokenizer_json, tokenizer_from_gguf_vocab, vocab_from_gguf_fields
 
 Progress = Callable[[float, str], None]
 
@@ -69,8 +73,8 @@ def load_model(
 
 def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.float32) -> LoadedModel:
     """Load a GGUF file: dequantized, un-permuted weights under HF names."""
+    # imports gguf (0.1 s): only when a GGUF file is read
     from engine.formats.gguf_reader import GGUFModel
-    from engine.tokenizer import tokenizer_from_gguf_vocab, vocab_from_gguf_fields
 
     model = GGUFModel(path)
     config = model.config()
@@ -108,8 +112,6 @@ def load_hf(
     fmt: str = "safetensors",
 ) -> LoadedModel:
     """Load an HF-style folder (or a lone weights file next to its config.json)."""
-    from engine.formats import hf_folder
-    from engine.tokenizer import load_tokenizer_json
 
     folder = path if path.is_dir() else path.parent
     config = hf_folder.read_config(folder)
@@ -128,7 +130,6 @@ def load_hf(
     for i, file in enumerate(files):
         span = (i / len(files), (i + 1) / len(files))
         if fmt == "safetensors":
-            from engine.formats.safetensors_io import read_header
 
             for key, info in read_header(file)[0].items():
                 if key != "__metadata__":
@@ -157,11 +158,9 @@ def load_hf(
 
 
 def _weight_files(folder: Path, fmt: str) -> list[Path]:
-    from engine.formats import hf_folder
 
     if fmt == "safetensors":
         return hf_folder.safetensors_files(folder)
-    from engine.formats.pytorch import pytorch_files
 
     return pytorch_files(folder)
 
@@ -170,10 +169,8 @@ def _iter_file(
     file: Path, fmt: str, dtype: Any, progress: Progress | None, span: tuple[float, float]
 ) -> Any:
     if fmt == "safetensors":
-        from engine.formats.safetensors_io import iter_safetensors
 
         return iter_safetensors(file, dtype, progress, span)
-    from engine.formats.pytorch import iter_pytorch
 
     return iter_pytorch(file, dtype, progress, span)
 

@@ -7,6 +7,7 @@ claims, so a truncated or inconsistent checkpoint gets a clear error rather than
 
 from __future__ import annotations
 
+import io
 import struct
 import zipfile
 from collections.abc import Callable, Iterator
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
-from engine.formats.detect import TORCH_LEGACY_MAGIC, ZIP_MAGIC, read_magic
+from engine.formats.hf_folder import shard_files
+from engine.formats.magic import TORCH_LEGACY_MAGIC, ZIP_MAGIC, read_magic
 from engine.formats.safe_unpickler import (
     RestrictedUnpickler,
     StorageRef,
@@ -39,8 +41,6 @@ def is_pytorch_file(path: Path) -> bool:
 
 def pytorch_files(folder: Path) -> list[Path]:
     """The PyTorch weight files of an HF-style folder (sharded via index, or single)."""
-    from engine.formats.hf_folder import shard_files
-
     if (folder / PYTORCH_INDEX).is_file():
         return shard_files(folder, PYTORCH_INDEX)
     for name in ("pytorch_model.bin", "model.pt", "model.pth", "consolidated.00.pth"):
@@ -128,7 +128,6 @@ def _read_zip(path: Path) -> Any:
             pickle_bytes = zf.read(pkls[0])
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelLoadError(f"PyTorch checkpoint's data.pkl is damaged: {path}") from exc
-        import io
 
         unpickler = RestrictedUnpickler(io.BytesIO(pickle_bytes))
         obj = run_unpickler(unpickler)

@@ -128,7 +128,7 @@ def save_safetensors(
     tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None
 ) -> None:
     """Write `tensors` to `path` in safetensors format (contiguous copies where needed)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save_file  # only when writing (convert)
 
     data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     save_file(data, str(path), metadata={"format": "pt", **(metadata or {})})
