@@ -12,11 +12,9 @@ and is atomic. No Textual imports here.
 
 from __future__ import annotations
 
-import importlib.resources
 import logging
 import os
 import re
-import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,15 @@ import platformdirs
 import tomlkit
 
 from app.atomic_file import atomic_write_text
+from app.config_file import (
+    TABLE_HEADER,
+    lookup,
+    render_template,
+    set_in_document,
+    template_text,
+    uncomment_placeholders,
+    write_template,
+)
 from app.config_schema import (
     ENDPOINT_SCHEMA,
     SCHEMA,
@@ -284,53 +291,6 @@ def _path_or(text: str, default: Path) -> Path:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def render_template() -> str:
-    """The commented default config (what `assets/config.toml` holds), made from the schema."""
-    lines = [
-        "# Lampchat configuration.",
-        "#",
-        "# Every key is optional. A commented-out line shows the default: remove the '# ' in front",
-        "# of it to change the value. Precedence: command-line flags > environment variables",
-        "# (LAMPCHAT_<SECTION>__<KEY>, e.g. LAMPCHAT_GENERATION__TEMPERATURE=0.2) > this file >",
-        "# defaults. `lampchat config show` prints the effective values and where each came from;",
-        "# `lampchat config validate` checks this file.",
-    ]
-    for section, fields in SCHEMA.items():
-        lines += ["", f"[{section}]"]
-        for field in fields.values():
-            lines += _template_key(field)
-    lines += [
-        "",
-        "# Remote endpoints (OpenAI-compatible servers), one [remote.NAME] table each, e.g.:",
-        "#",
-        "# [remote.local]",
-    ]
-    examples = {"base_url": "http://127.0.0.1:8080/v1", "api_key_env": "LOCAL_LLM_API_KEY"}
-    for field in ENDPOINT_SCHEMA.values():
-        value = examples.get(field.key, field.default)
-        lines += _comment(f"{field.help} ({field.allowed()})", "# # ")
-        lines.append(f"# {field.key} = {tomlkit.item(value).as_string()}")
-    return "\n".join(lines) + "\n"
-
-
-def _comment(text: str, prefix: str = "# ") -> list[str]:
-    return textwrap.wrap(text, width=96, initial_indent=prefix, subsequent_indent=prefix)
-
-
-def _template_key(field: Field) -> list[str]:
-    return [*_comment(f"{field.help} ({field.allowed()})"),
-            f"# {field.key} = {tomlkit.item(field.default).as_string()}"]
-
-
-def _template_text() -> str:
-    return importlib.resources.files("assets").joinpath("config.toml").read_text(encoding="utf-8")
-
-
-def write_template(path: Path) -> None:
-    """Write the commented default config to `path` (which must not exist yet)."""
-    atomic_write_text(path, _template_text())
-
-
 def load_config(
     path: str | Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -479,7 +439,6 @@ def _read_env(config: Config, env: Mapping[str, str]) -> None:
 class _LineFinder:
     """`path:line` of a section header or key, found by scanning the text (best effort)."""
 
-    _HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
 
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
@@ -497,7 +456,7 @@ class _LineFinder:
             key_re = re.compile(rf"""^\s*(?:{k}|"{k}"|'{k}')\s*=""")
             dotted_re = re.compile(rf"^\s*{re.escape(section)}\.{k}\s*=")
         for number, line in enumerate(self.lines, 1):
-            header = self._HEADER.match(line)
+            header = TABLE_HEADER.match(line)
             if header:
                 current = header.group(1).replace(" ", "").replace('"', "")
                 if key is None and current == section:
@@ -541,15 +500,15 @@ def save_config(config: Config, path: Path | None = None) -> None:
             raise ConfigError(f"{target}: not saved, the file could not be parsed ({_one_line(exc)}"
                               f"); fix it or move it away first") from None
     else:
-        text = _template_text()
-    text = _uncomment_placeholders(text, pending)
+        text = template_text()
+    text = uncomment_placeholders(text, pending)
     doc = tomlkit.parse(text)
     for dotted, value in pending.items():
-        _set_in_document(doc, dotted, value)
+        set_in_document(doc, dotted, value)
     output = tomlkit.dumps(doc)
     reread = tomlkit.parse(output).unwrap()
     for dotted, value in pending.items():  # never write a file we would read back differently
-        if _lookup(reread, dotted) != value:
+        if lookup(reread, dotted) != value:
             raise ConfigError(f"{target}: not saved, {dotted} would not read back as written")
     try:
         atomic_write_text(target, output)
@@ -563,48 +522,3 @@ def save_config(config: Config, path: Path | None = None) -> None:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def _lookup(data: dict[str, Any], dotted: str) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _uncomment_placeholders(text: str, pending: Mapping[str, Any]) -> str:
-    """Turn the template's `# key = default` line into `key = value` for each key being set
-    that the file does not define yet, so the value lands under its help comment."""
-    try:
-        present = tomlkit.parse(text).unwrap()
-    except tomlkit.exceptions.ParseError:
-        return text
-    lines = text.splitlines(keepends=True)
-    for dotted, value in pending.items():
-        section, _, key = dotted.rpartition(".")
-        if _lookup(present, dotted) is not None or section.startswith("remote."):
-            continue
-        current = None
-        for i, line in enumerate(lines):
-            header = _LineFinder._HEADER.match(line)
-            if header:
-                current = header.group(1).strip()
-                continue
-            if current == section and re.match(rf"^#\s?{re.escape(key)}\s*=", line):
-                ending = "\n" if line.endswith("\n") else ""
-                lines[i] = f"{key} = {tomlkit.item(value).as_string()}{ending}"
-                break
-    return "".join(lines)
-
-
-def _set_in_document(doc: tomlkit.TOMLDocument, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node: Any = doc
-    for i, part in enumerate(parts[:-1]):
-        if part not in node:
-            table = tomlkit.table(is_super_table=(i == 0 and len(parts) == 3))
-            node.add(part, table) if node is doc else node.append(part, table)
-        node = node[part]
-    node[parts[-1]] = value

@@ -35,18 +35,18 @@ Ctrl+C, SIGTERM or SIGHUP is appended with `interrupted = true`; after a hard cr
 next load recovers the side file as an interrupted message.
 
 Reads never modify a damaged file: its readable messages are returned with `problems`, and
-continuing such a conversation writes a new file. No Textual imports here.
+continuing such a conversation writes a new file. Writing as a conversation goes on
+(`ConversationWriter`) and the history dir (`HistoryStore`) are in `app.history_store`. No
+Textual imports here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -55,7 +55,7 @@ from typing import Any
 
 import tomlkit
 
-from app.atomic_file import atomic_write_text, fsync_dir
+from app.atomic_file import atomic_write_text
 from engine.errors import LampchatError
 from engine.types import ChatMessage
 
@@ -70,8 +70,8 @@ FORMAT = "lampchat-conversation"
 VERSION = 1
 ROLES = ("system", "user", "assistant")
 PARTIAL_SUFFIX = ".partial"
-_MESSAGE_HEADER = "[[messages]]"
-_HEADER_READ_LIMIT = 256 * 1024
+MESSAGE_HEADER = "[[messages]]"
+HEADER_READ_LIMIT = 256 * 1024
 _HAS_FORMAT = re.compile(rf'^format\s*=\s*"{FORMAT}"', re.M)
 
 
@@ -180,7 +180,7 @@ def _header_text(conv: Conversation) -> str:
     return tomlkit.dumps(doc)
 
 
-def _message_text(message: Message) -> str:
+def message_text(message: Message) -> str:
     table = tomlkit.table()
     table["role"] = message.role
     table["content"] = _text_item(message.content)
@@ -210,16 +210,16 @@ def _message_text(message: Message) -> str:
 
 def conversation_text(conv: Conversation) -> str:
     """The whole file for `conv`."""
-    return _header_text(conv) + "".join(_message_text(m) for m in conv.messages)
+    return _header_text(conv) + "".join(message_text(m) for m in conv.messages)
 
 
-def _parse(text: str) -> dict[str, Any]:
+def parse_toml(text: str) -> dict[str, Any]:
     if _fast_toml is not None:
         return _fast_toml.loads(text)
     return tomlkit.parse(text).unwrap()
 
 
-def _timestamp(value: Any) -> float | None:
+def parse_timestamp(value: Any) -> float | None:
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -243,7 +243,7 @@ def _message_from(record: Any) -> Message:
     return Message(
         role=role,
         content=content,
-        timestamp=_timestamp(record.get("timestamp")) or 0.0,
+        timestamp=parse_timestamp(record.get("timestamp")) or 0.0,
         model=model if isinstance(model, str) else None,
         backend=backend if isinstance(backend, str) else None,
         metrics=dict(metrics) if isinstance(metrics, dict) else None,
@@ -258,7 +258,7 @@ def _apply_header(conv: Conversation, data: dict[str, Any]) -> None:
         conv.title = data["title"]
     if isinstance(data.get("system_prompt"), str):
         conv.system_prompt = data["system_prompt"]
-    created = _timestamp(data.get("created"))
+    created = parse_timestamp(data.get("created"))
     if created is not None:
         conv.created = created
 
@@ -272,7 +272,7 @@ def parse_conversation(text: str, path: Path) -> Conversation:
                              f"short?); that line is ignored")
         text = text[: text.rfind("\n") + 1]
     try:
-        data = _parse(text)
+        data = parse_toml(text)
     except ValueError:
         _parse_damaged(conv, text, path)
         return conv
@@ -303,33 +303,33 @@ def _check_format(conv: Conversation, data: dict[str, Any], path: Path) -> None:
 def _parse_damaged(conv: Conversation, text: str, path: Path) -> None:
     """Split at each `[[messages]]` line and read every piece on its own."""
     lines = text.splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.strip() == _MESSAGE_HEADER]
+    starts = [i for i, line in enumerate(lines) if line.strip() == MESSAGE_HEADER]
     bounds = [0, *starts, len(lines)]
     header = "".join(lines[: bounds[1]])
     try:
-        data = _parse(header)
+        data = parse_toml(header)
         _check_format(conv, data, path)
         _apply_header(conv, data)
     except ValueError as exc:
-        conv.problems.append(f"{path}:1: the header is unreadable ({_first_line(exc)})")
+        conv.problems.append(f"{path}:1: the header is unreadable ({first_line(exc)})")
     for number, (start, end) in enumerate(zip(bounds[1:-1], bounds[2:], strict=True), 1):
         chunk = "".join(lines[start:end])
         try:
-            records = _parse(chunk).get("messages") or [None]
+            records = parse_toml(chunk).get("messages") or [None]
             conv.messages.append(_message_from(records[0]))
         except ValueError as exc:
             conv.problems.append(
-                f"{path}:{start + 1}: message {number} is unreadable ({_first_line(exc)}); skipped"
+                f"{path}:{start + 1}: message {number} is unreadable ({first_line(exc)}); skipped"
             )
     if not starts and not conv.problems:
         conv.problems.append(f"{path}: not valid TOML")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:160]
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -343,18 +343,18 @@ def load_conversation_file(path: str | Path) -> Conversation:
     """Read a conversation file (the `--load-history` format). Damaged parts are skipped and
     listed in `problems`; HistoryError when nothing at all is readable. Never writes."""
     path = Path(path).expanduser()
-    text = _read_text(path)
+    text = read_text(path)
     conv = parse_conversation(text, path)
     if conv.problems and not conv.messages and not _looks_like_history(text):
         raise HistoryError(f"{path}: not a Lampchat conversation file ({conv.problems[0]})")
-    partial = _read_partial(path)
+    partial = read_partial(path)
     if partial is not None:
         conv.messages.append(partial)
     return conv
 
 
 def _looks_like_history(text: str) -> bool:
-    return FORMAT in text[:4096] or _MESSAGE_HEADER in text
+    return FORMAT in text[:4096] or MESSAGE_HEADER in text
 
 
 def save_conversation_file(conv: Conversation, path: str | Path) -> None:
@@ -367,7 +367,7 @@ def save_conversation_file(conv: Conversation, path: str | Path) -> None:
     except OSError as exc:
         raise HistoryError(f"{path}: cannot write it ({exc.strerror or exc})") from None
     with contextlib.suppress(FileNotFoundError):
-        _partial_path(path).unlink()  # its content is part of what was just written
+        partial_path(path).unlink()  # its content is part of what was just written
 
 
 def _refuse_foreign(path: Path, conv: Conversation) -> None:
@@ -375,9 +375,9 @@ def _refuse_foreign(path: Path, conv: Conversation) -> None:
     `conv` came from and `conv` read it cleanly."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    text = _read_text(path)
+    text = read_text(path)
     existing = parse_conversation(text, path)
-    if not existing.problems and not _HAS_FORMAT.search(text[:_HEADER_READ_LIMIT]):
+    if not existing.problems and not _HAS_FORMAT.search(text[:HEADER_READ_LIMIT]):
         existing.problems.append(f"{path}: it has no 'format = \"{FORMAT}\"' line")
     if existing.problems:
         raise HistoryError(f"{path}: exists and is not a readable conversation file "
@@ -387,20 +387,20 @@ def _refuse_foreign(path: Path, conv: Conversation) -> None:
 # -- the in-flight reply side file ---------------------------------------------------------------
 
 
-def _partial_path(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
     return path.with_name(path.name + PARTIAL_SUFFIX)
 
 
-def _write_partial(path: Path, message: Message) -> None:
-    text = f"pid = {os.getpid()}\n" + _message_text(message)
-    atomic_write_text(_partial_path(path), text, mode=0o644)
+def write_partial(path: Path, message: Message) -> None:
+    text = f"pid = {os.getpid()}\n" + message_text(message)
+    atomic_write_text(partial_path(path), text, mode=0o644)
 
 
-def _read_partial(path: Path, *, include_live: bool = False) -> Message | None:
+def read_partial(path: Path, *, include_live: bool = False) -> Message | None:
     """The in-flight reply checkpointed for `path`, if a dead process left one."""
-    side = _partial_path(path)
+    side = partial_path(path)
     try:
-        data = _parse(side.read_text(encoding="utf-8", errors="replace"))
+        data = parse_toml(side.read_text(encoding="utf-8", errors="replace"))
         message = _message_from((data.get("messages") or [None])[0])
     except FileNotFoundError:
         return None
@@ -424,7 +424,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _append_text(path: Path, text: str) -> None:
+def append_text(path: Path, text: str) -> None:
     with open(path, "a", encoding="utf-8", newline="") as handle:
         handle.write(text)
         handle.flush()
@@ -432,343 +432,10 @@ def _append_text(path: Path, text: str) -> None:
 
 
 @dataclass
-class _Pending:
+class PendingReply:
     """A reply being streamed: its message and when it was last checkpointed."""
 
     message: Message
     last_checkpoint: float | None = None
     """`time.monotonic()` of the last checkpoint; None before the first (which is written at
     once: the monotonic clock may start near zero, e.g. at boot)."""
-
-
-class ConversationWriter:
-    """Appends to one conversation file: messages, and the in-flight reply's checkpoints.
-
-    Used by HistoryStore (files in the history dir) and by `--save-history PATH`.
-    """
-
-    def __init__(self, checkpoint_interval: float = 0.5) -> None:
-        self.checkpoint_interval = checkpoint_interval
-        self._pending: dict[int, tuple[Conversation, _Pending]] = {}
-        self._lock = threading.RLock()
-
-    def write_all(self, conv: Conversation, path: Path) -> None:
-        """Write `conv` (header and messages) to `path` atomically and make it its file."""
-        if not conv.title:
-            conv.title = conv.auto_title()
-        save_conversation_file(conv, path)
-        conv.path = path
-        fsync_dir(path.parent)
-
-    def append(self, conv: Conversation, message: Message) -> Message:
-        """Add `message` to `conv` and to its file (one `[[messages]]` table, fsynced)."""
-        with self._lock:
-            conv.messages.append(message)
-            if conv.path is not None:
-                self._write_message(conv, message)
-        return message
-
-    def _write_message(self, conv: Conversation, message: Message) -> None:
-        assert conv.path is not None
-        try:
-            if not conv.path.exists():
-                if not conv.title:
-                    conv.title = conv.auto_title()
-                atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
-                fsync_dir(conv.path.parent)
-            elif not conv.title and message.role == "user" and conv.auto_title():
-                # the file began without a user message (e.g. a system message first): now that
-                # there is one, rewrite it once so that its header carries the title
-                conv.title = conv.auto_title()
-                atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
-                fsync_dir(conv.path.parent)
-            else:
-                _append_text(conv.path, _message_text(message))
-        except OSError as exc:
-            raise HistoryError(f"{conv.path}: cannot save the message ({exc})") from None
-
-    # the in-flight reply
-
-    def begin_reply(self, conv: Conversation, *, model: str | None = None,
-                    backend: str | None = None) -> Message:
-        """Start an assistant reply; its partial text is saved by `update_partial`."""
-        with self._lock:
-            message = Message("assistant", "", model=model, backend=backend, interrupted=True)
-            self._pending[id(conv)] = (conv, _Pending(message))
-            return message
-
-    def update_partial(self, conv: Conversation, text: str, *, force: bool = False) -> None:
-        """Record the reply's text so far; checkpointed to disk at most every
-        `checkpoint_interval` seconds (or now, with `force`)."""
-        with self._lock:
-            entry = self._pending.get(id(conv))
-            if entry is None:
-                return
-            pending = entry[1]
-            pending.message.content = text
-            now = time.monotonic()
-            last = pending.last_checkpoint
-            due = force or last is None or now - last >= self.checkpoint_interval
-            if conv.path is None or not due:
-                return
-            pending.last_checkpoint = now
-            try:
-                _write_partial(conv.path, pending.message)
-            except OSError as exc:
-                log.warning("could not checkpoint the reply to %s: %s", conv.path, exc)
-
-    def finish_reply(self, conv: Conversation, text: str | None = None, *,
-                     metrics: dict[str, Any] | None = None, interrupted: bool = False,
-                     model: str | None = None, backend: str | None = None) -> Message | None:
-        """Append the reply (final, or cut short with `interrupted`) and drop its checkpoint.
-        Returns the message, or None when no reply was in flight."""
-        with self._lock:
-            entry = self._pending.pop(id(conv), None)
-            if entry is None:
-                return None
-            message = entry[1].message
-            if text is not None:
-                message.content = text
-            message.metrics = {k: v for k, v in (metrics or {}).items() if v is not None} or None
-            message.interrupted = interrupted
-            message.model = model or message.model
-            message.backend = backend or message.backend
-            message.timestamp = time.time()
-            self.append(conv, message)
-            if conv.path is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    _partial_path(conv.path).unlink()
-            return message
-
-    def in_flight(self, conv: Conversation) -> Message | None:
-        """The reply being streamed in `conv`, if any."""
-        entry = self._pending.get(id(conv))
-        return entry[1].message if entry else None
-
-    def interrupt_all(self) -> int:
-        """Save every in-flight reply, as far as it got, marked interrupted (call on SIGTERM,
-        SIGHUP, quit). Returns how many were saved."""
-        with self._lock:
-            count = 0
-            for conv, pending in list(self._pending.values()):
-                self.finish_reply(conv, pending.message.content, interrupted=True)
-                count += 1
-            return count
-
-
-# -- the history dir --------------------------------------------------------------------------
-
-
-class HistoryStore(ConversationWriter):
-    """Conversations saved as they happen in one folder, one `<id>.toml` file each.
-
-    A conversation's file appears with its first message. Listing reads only file headers.
-    """
-
-    def __init__(self, directory: Path, checkpoint_interval: float = 0.5) -> None:
-        super().__init__(checkpoint_interval)
-        self.directory = Path(directory).expanduser()
-        self._summaries: dict[str, tuple[int, int, ConversationSummary]] = {}
-
-    def _ensure_dir(self) -> None:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise HistoryError(f"{self.directory}: cannot create the history dir ({exc})") from None
-
-    def create(self, title: str = "", system_prompt: str = "") -> Conversation:
-        """A new conversation in this store (its file is written with the first message)."""
-        conv = new_conversation(system_prompt, title)
-        conv.path = self.directory / f"{conv.id}.toml"
-        return conv
-
-    def adopt(self, conv: Conversation) -> Conversation:
-        """Keep saving `conv` (e.g. read with --load-history) in this store, as a new file."""
-        self._ensure_dir()
-        conv.id = new_id()
-        conv.problems = []
-        self.write_all(conv, self.directory / f"{conv.id}.toml")
-        return conv
-
-    def append(self, conv: Conversation, role: str | Message, content: str = "", *,  # type: ignore[override]
-               model: str | None = None, backend: str | None = None,
-               metrics: dict[str, Any] | None = None, interrupted: bool = False) -> Message:
-        """Append a message (flushed and fsynced before this returns). A damaged conversation
-        is first copied to a new file: the damaged one is never written."""
-        message = role if isinstance(role, Message) else Message(
-            role, content, model=model, backend=backend,
-            metrics={k: v for k, v in (metrics or {}).items() if v is not None} or None,
-            interrupted=interrupted)
-        if message.role not in ROLES:
-            raise HistoryError(f"unknown role {message.role!r}")
-        with self._lock:
-            if conv.path is not None and conv.damaged:
-                self._fork(conv)
-            if conv.path is not None:
-                self._ensure_dir()
-            return super().append(conv, message)
-
-    def _fork(self, conv: Conversation) -> None:
-        old = conv.path
-        self.adopt(conv)
-        log.warning("conversation %s is damaged; continuing it in %s", old, conv.path)
-
-    def list(self) -> list[ConversationSummary]:
-        """Every conversation, most recently updated first. Reads only each file's header, and
-        only for files that changed (size or mtime) since the last listing."""
-        out = []
-        try:
-            entries = list(os.scandir(self.directory))
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise HistoryError(f"{self.directory}: cannot list it ({exc})") from None
-        cache: dict[str, tuple[int, int, ConversationSummary]] = {}
-        for entry in entries:
-            if not entry.name.endswith(".toml") or not entry.is_file():
-                continue
-            stat = entry.stat()
-            known = self._summaries.get(entry.path)
-            if known is not None and known[:2] == (stat.st_mtime_ns, stat.st_size):
-                summary = known[2]
-            else:
-                summary = _summary(Path(entry.path), stat.st_mtime)
-            cache[entry.path] = (stat.st_mtime_ns, stat.st_size, summary)
-            out.append(summary)
-        self._summaries = cache
-        out.sort(key=lambda s: s.updated, reverse=True)
-        return out
-
-    def path_of(self, path_or_id: str | Path) -> Path:
-        """The file of a conversation id (or a path, returned as is)."""
-        text = str(path_or_id)
-        if isinstance(path_or_id, Path) or "/" in text or os.sep in text or text.endswith(".toml"):
-            return Path(path_or_id).expanduser()
-        return self.directory / f"{text}.toml"
-
-    def load(self, path_or_id: str | Path) -> Conversation:
-        """Read a conversation. A reply left in flight by a crash comes back marked interrupted
-        (and, for a healthy file, is appended to it). A damaged file is reported in
-        `problems`, its readable messages kept, and the file left as it is."""
-        path = self.path_of(path_or_id)
-        conv = parse_conversation(_read_text(path), path)
-        with self._lock:
-            busy = any(c.path == path for c, _ in self._pending.values())
-            partial = None if busy else _read_partial(path)
-            if partial is not None:
-                if conv.damaged:
-                    conv.messages.append(partial)
-                else:
-                    try:
-                        super().append(conv, partial)
-                        _partial_path(path).unlink()
-                    except (OSError, HistoryError) as exc:
-                        log.warning("could not recover the partial reply of %s: %s", path, exc)
-        for problem in conv.problems:
-            log.warning("history: %s", problem)
-        return conv
-
-    def _rewrite(self, conv: Conversation) -> None:
-        if conv.path is None or not conv.path.exists():
-            return
-        if conv.damaged:
-            self._fork(conv)
-            return
-        try:
-            atomic_write_text(conv.path, conversation_text(conv), mode=0o644)
-        except OSError as exc:
-            raise HistoryError(f"{conv.path}: cannot save it ({exc})") from None
-
-    def rename(self, conv: Conversation, title: str) -> None:
-        """Change the title (the file is rewritten atomically)."""
-        with self._lock:
-            conv.title = title
-            self._rewrite(conv)
-
-    def set_system_prompt(self, conv: Conversation, text: str) -> None:
-        """Change the conversation's system prompt (the file is rewritten atomically)."""
-        with self._lock:
-            conv.system_prompt = text
-            self._rewrite(conv)
-
-    def truncate(self, conv: Conversation, n_messages: int) -> None:
-        """Keep the first `n_messages` messages (regenerate, edit and resend)."""
-        with self._lock:
-            del conv.messages[n_messages:]
-            self._rewrite(conv)
-
-    def delete(self, conv_or_id: Conversation | str | Path) -> None:
-        """Delete a conversation's file (and any checkpoint of it)."""
-        path = conv_or_id.path if isinstance(conv_or_id, Conversation) else self.path_of(
-            conv_or_id)
-        if path is None:
-            return
-        for target in (path, _partial_path(path)):
-            with contextlib.suppress(FileNotFoundError):
-                target.unlink()
-
-
-def _summary(path: Path, mtime: float) -> ConversationSummary:
-    header, problem = _read_header(path)
-    title = header.get("title") if isinstance(header.get("title"), str) else ""
-    conv_id = header.get("id") if isinstance(header.get("id"), str) else path.stem
-    created = _timestamp(header.get("created")) or mtime
-    return ConversationSummary(conv_id or path.stem, title or "(untitled)", path, created, mtime,
-                               problem)
-
-
-def _read_header(path: Path) -> tuple[dict[str, Any], str | None]:
-    """The top-level keys of a conversation file, read up to its first message."""
-    data = b""
-    try:
-        with open(path, "rb") as handle:
-            while len(data) < _HEADER_READ_LIMIT:
-                chunk = handle.read(8192)
-                data += chunk
-                cut = data.find(b"\n[[messages]]")
-                if cut >= 0:
-                    data = data[: cut + 1]
-                    break
-                if not chunk:
-                    break
-    except OSError as exc:
-        return {}, f"cannot read it ({exc.strerror or exc})"
-    text = data.decode("utf-8", errors="replace")
-    quick = _quick_header(text)
-    if quick is not None:
-        return quick, None
-    try:
-        return _parse(text), None
-    except ValueError as exc:
-        return {}, f"unreadable header ({_first_line(exc)})"
-
-
-_HEADER_LINE = re.compile(r'([A-Za-z_]+) = ("(?:[^"\\]|\\.)*"|\d+|\d{4}-[\d:.TZ+-]+)[ \t]*')
-_LISTED_KEYS = frozenset({"id", "title", "created"})
-
-
-def _quick_header(text: str) -> dict[str, Any] | None:
-    """The header keys a listing needs (id, title, created), read line by line without a full
-    TOML parse, for headers laid out as Lampchat writes them (one-line strings, integers,
-    datetimes); None when anything before those keys looks different (then tomllib reads it)."""
-    out: dict[str, Any] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _HEADER_LINE.fullmatch(line)
-        if match is None:
-            break  # a multi-line string, a table, anything unusual: stop here
-        key, raw = match.groups()
-        try:
-            if raw.startswith('"'):
-                value: Any = json.loads(raw)  # TOML basic strings escape like JSON strings
-            elif "-" in raw:
-                value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            else:
-                value = int(raw)
-        except ValueError:
-            return None
-        out[key] = value
-        if out.keys() >= _LISTED_KEYS:
-            return out
-    return None

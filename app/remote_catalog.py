@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.config import load_config
 from engine.errors import BackendError, ConfigError, LampchatError
 from engine.registry import canonical_name
 from engine.remote_api import (
@@ -74,12 +75,7 @@ def with_remote_options(base: LoadSettings, options: dict[str, Any]) -> LoadSett
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    """The app config (None when the config module is unavailable); never writes a file."""
-    try:
-        from app.config import load_config
-    except ImportError:  # pragma: no cover - only while the config module is missing
-        log.warning("app.config is unavailable; named remote endpoints cannot be read")
-        return None
+    """The app config; never writes a file."""
     return load_config(getattr(args, "config", None), create=False)
 
 

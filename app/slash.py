@@ -19,11 +19,11 @@ from app.config import SCHEMA, Config, display_value, field_for, save_config
 from app.export import export_markdown
 from app.history import (
     Conversation,
-    HistoryStore,
     load_conversation_file,
     new_conversation,
     save_conversation_file,
 )
+from app.history_store import HistoryStore
 from engine.errors import LampchatError
 
 Action = Literal["clear", "load_model", "show_model", "load_conversation", "system", "help",

@@ -14,8 +14,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,18 @@ from textual.screen import Screen
 
 from app.gc_pause import FullCollectionPause
 from app.history import Conversation
+from app.options import ModelSpec, TuiOptions, options_from_config
 from app.screens.chat import ChatScreen
 from app.screens.dialogs import ConfirmScreen
 from app.screens.help import HelpScreen
 from app.screens.metrics import MetricsScreen
+from app.slash import COMMANDS
+from app.tui_commands import palette_commands, run_slash_line
 from app.tui_store import ChatStore
+from engine.devices import clear_cache
 from engine.errors import LampchatError
 from engine.models import default_model_path
+from engine.registry import detect
 from engine.types import LoadSettings, ModelInfo, ReplyMetrics, SamplingParams
 from engine.worker import EngineWorker
 from widgets.metrics_panel import SessionMetrics, format_mb
@@ -52,51 +57,6 @@ LOAD_KEYS = {"generation.context_length": "n_ctx", "backend.threads": "n_threads
 """Config keys -> LoadSettings fields (used from the next model load)."""
 EXIT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, n))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model the app can load: what `EngineWorker.load` takes, and a label."""
-
-    model: str
-    backend: str = "auto"
-    label: str = ""
-
-    @property
-    def title(self) -> str:
-        """A short name for menus."""
-        return self.label or Path(self.model).name or self.model
-
-
-@dataclass
-class TuiOptions:
-    """Everything the TUI starts with, resolved from CLI flags, environment and config."""
-
-    model: str | None = None
-    backend: str = "auto"
-    load: LoadSettings = field(default_factory=LoadSettings)
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    system_prompt: str = ""
-    theme: str = "textual-dark"
-    show_metrics: bool = False
-    log_window: int = 60
-    config: Any = None
-    """The `app.config.Config` in use (None when config support is unavailable)."""
-    save_theme: Callable[[str], None] | None = None
-    """Persists the theme choice (ui.theme)."""
-    prompt_history: Any = None
-    """An `app.prompt_history` store with `items()` and `add(text)`, or None (memory only)."""
-    list_models: Callable[[], list[ModelSpec]] | None = None
-    """Models for the command palette (default: the config's model catalog)."""
-    skip_initial_load: bool = False
-    load_history: Conversation | None = None
-    """The conversation to start with (--load-history), already read."""
-    quiet_errors: bool = False
-    """On an exception nothing handled, log it and exit with a one-line message instead of
-    Textual's on-screen traceback (the `lampchat` command sets it; tests keep Textual's)."""
-    forced_exit_s: float | None = None
-    """After a signal, end the process this many seconds later if it has not exited (the
-    `lampchat` command sets it; None in tests)."""
 
 
 class LoadProgress(Message):
@@ -314,10 +274,8 @@ class LampchatApp(App[int]):
         if info is None or info.device in ("", "cpu"):
             return "n/a (model on CPU)"
         try:
-            from engine import devices
-
-            devices.clear_cache()
-            for device in devices.detect().devices:
+            clear_cache()
+            for device in detect().devices:
                 if device.gpu and device.total_memory:
                     used = device.total_memory - (device.free_memory or 0)
                     return f"{format_mb(used / 2**20)} / {format_mb(device.total_memory / 2**20)}"
@@ -409,6 +367,7 @@ class LampchatApp(App[int]):
         return out
 
     def _catalog_specs(self) -> list[ModelSpec]:
+        # loaded on first use: keeps the TUI's start-up fast
         from app.model_catalog import list_models
 
         return [
@@ -429,14 +388,13 @@ class LampchatApp(App[int]):
 
     def action_pick_model(self) -> None:
         """Open the model picker (F2)."""
-        try:
-            from app.screens.picker import ModelPickerScreen
-        except ImportError:
-            self.notify("The model picker is not available in this build.", severity="warning")
-            return
+        # loaded on first use: keeps the TUI's start-up fast
+        from app.screens.picker import ModelPickerScreen
+
         self.run_worker(self._pick_model(ModelPickerScreen), group="picker", exit_on_error=False)
 
     async def _pick_model(self, screen_cls: Any) -> None:
+        # loaded on first use: keeps the TUI's start-up fast
         from app.model_catalog import list_models, load_settings_for, remote_entries
 
         config = self.options.config
@@ -456,12 +414,9 @@ class LampchatApp(App[int]):
 
     def action_settings(self) -> None:
         """Open the settings screen (F3)."""
-        try:
-            from app.screens.settings import SettingsScreen
-        except ImportError:
-            self.notify("The settings screen is not available in this build.",
-                        severity="warning")
-            return
+        # loaded on first use: keeps the TUI's start-up fast
+        from app.screens.settings import SettingsScreen
+
         if self.options.config is None:
             self.notify("Settings need the config module.", severity="warning")
             return
@@ -486,8 +441,6 @@ class LampchatApp(App[int]):
         """Apply the changed keys (F3, /set) on top of what is in use: sampling, system
         prompt and theme live; load settings for the next load. Keys that did not change keep
         their current values, command-line flags included."""
-        from app.tui_main import options_from_config
-
         fresh = options_from_config(config, self.options)
         options = self.options
         options.config = config
@@ -567,99 +520,17 @@ class LampchatApp(App[int]):
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        chat = self.chat
-        actions: list[tuple[str, str, Callable[[], Any]]] = [
-            ("New chat", "Start a new conversation (Ctrl+N)", chat.action_new_chat),
-            ("Stop reply", "Stop the streaming reply (Esc)", chat.action_stop),
-            ("Regenerate reply", "Replace the last reply (Ctrl+R)", chat.action_regenerate),
-            ("Edit last message", "Edit and resend the last message (Ctrl+L)",
-             chat.action_edit_last),
-            ("Copy last reply", "Copy the last reply to the clipboard (Ctrl+O)",
-             chat.action_copy_reply),
-            ("Copy code block", "Copy a code block of the last reply (Ctrl+T)",
-             chat.action_copy_code),
-            ("Conversations", "Show or hide the conversation list (Ctrl+B)",
-             chat.action_toggle_sidebar),
-            ("System prompt", "Edit this conversation's system prompt (F6)",
-             chat.action_system_prompt),
-            ("Export to Markdown", "Write this conversation as a Markdown file (Ctrl+E)",
-             chat.action_export),
-            ("Pick model", "Open the model picker (F2)", self.action_pick_model),
-            ("Settings", "Edit the configuration (F3)", self.action_settings),
-            ("Metrics panel", "Show or hide the metrics panel (F4)", self.action_toggle_metrics),
-            ("Metrics screen", "Every metric of this session (F5)", self.action_metrics_screen),
-            ("Next model", "Load the next recently used model (Ctrl+Down)",
-             partial(self.action_cycle_model, 1)),
-            ("Previous model", "Load the previous recently used model (Ctrl+Up)",
-             partial(self.action_cycle_model, -1)),
-            ("Reload model", "Load the current model again", self.reload_model),
-            ("Help", "Keys and commands (F1)", self.action_help),
-        ]
-        for title, help_text, callback in actions:
-            yield SystemCommand(title, help_text, callback)
+        yield from palette_commands(self)
 
     # ---------------------------------------------------------------- slash
 
     def slash_help(self) -> list[tuple[str, str]]:
         """(usage, help) of every slash command, for the help screen."""
-        try:
-            from app.slash import COMMANDS
-        except Exception:  # never let a broken module take the help screen down
-            log.exception("slash commands unavailable")
-            return []
         return [(c.usage, c.help) for c in COMMANDS.values()]
 
     async def run_slash(self, line: str) -> None:
         """Run a slash command typed in the input (app.slash), then do what it asks."""
-        try:
-            from app.slash import SlashContext, run_slash
-        except Exception as exc:
-            log.exception("slash commands unavailable")
-            self.notify(f"slash commands are unavailable: {exc}", severity="error")
-            return
-        chat = self.chat
-        context = SlashContext(self.options.config, chat.conversation, self.store.history,
-                               self.model_label(self.engine.info))
-        before = chat.conversation
-        try:
-            result = await asyncio.to_thread(run_slash, line, context)
-        except Exception as exc:  # a bug in a command must not take the app down
-            log.exception("slash command %r failed", line)
-            self.notify(f"{line.split()[0]} failed: {exc}", severity="error")
-            return
-        if not result.ok:
-            await chat.add_note(result.message)
-            self.notify(result.message, title=line.split()[0], severity="error")
-            return
-        action = result.action
-        if action == "help":
-            self.action_help()
-            return
-        if action == "quit":
-            await self.action_quit()
-            return
-        if action in ("clear", "load_conversation") and isinstance(result.value, Conversation):
-            if chat.generation is not None:
-                chat.generation.cancel()
-                await chat.wait_for_reply()
-            self.store.keep(result.value)
-            await chat.show_conversation(result.value)
-        elif action == "system" and chat.conversation is before and before is not None:
-            self.store.keep(before)
-            try:
-                self.store.write_mirror()
-            except LampchatError as exc:
-                self.notify(str(exc), severity="error")
-        if result.message and action != "clear":
-            await chat.add_note(result.message)
-        if action == "load_model" and result.value:
-            self.load_model(ModelSpec(str(result.value), self.options.backend))
-        elif action == "settings" and self.options.config is not None:
-            self.apply_config(self.options.config, set(result.changed))
-            if result.reload_needed:
-                self.notify("Reload the model to apply this (command palette: Reload model).")
-        elif action == "clear":
-            self.notify(result.message or "New conversation.")
+        await run_slash_line(self, line)
 
     # ---------------------------------------------------------------- errors
 

@@ -18,13 +18,12 @@ from typing import Any
 
 from app.history import (
     Conversation,
-    ConversationWriter,
-    HistoryStore,
     Message,
     load_conversation_file,
     new_conversation,
     save_conversation_file,
 )
+from app.history_store import ConversationWriter, HistoryStore
 from engine.errors import LampchatError
 from engine.types import ReplyMetrics
 
@@ -183,9 +182,13 @@ class ChatStore:
         """A reply starts streaming (its partial text is checkpointed)."""
         self.writer.begin_reply(conv, model=model or None, backend=backend or None)
 
-    def update_partial(self, conv: Conversation, text: str) -> None:
-        """The streaming reply's text so far."""
-        self.writer.update_partial(conv, text)
+    def record_partial(self, conv: Conversation, text: str) -> bool:
+        """The streaming reply's text so far (in memory); True when a checkpoint is due."""
+        return self.writer.record_partial(conv, text)
+
+    def checkpoint(self, conv: Conversation) -> None:
+        """Write the streaming reply's recorded text to disk (called from a thread)."""
+        self.writer.checkpoint(conv)
 
     def finish_reply(self, conv: Conversation, text: str, metrics: ReplyMetrics | None,
                      interrupted: bool) -> Message | None:

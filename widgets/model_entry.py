@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ class ModelEntry:
         return self.error is None
 
     def search_text(self) -> str:
-        """Lower-case text that filtering matches against."""
+        """Lower-case text that filtering matches against: the name and what the columns show,
+        and the file's own name, but not the folders above it (a checkout at ~/lampchat must
+        not make "chat" match every model in it)."""
         parts = [self.name, self.format, *self.backends, self.quantization or "",
-                 format_params(self.n_params), self.path, self.endpoint or "",
+                 format_params(self.n_params), PurePath(self.path).name, self.endpoint or "",
                  "default" if self.is_default else "", "damaged" if self.error else ""]
         return " ".join(parts).lower()
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from app.config import load_config
-from app.history import ConversationWriter, Message, load_conversation_file, new_conversation
+from app.history import Message, load_conversation_file, new_conversation
+from app.history_store import ConversationWriter
 from app.options import (
     add_config_option,
     add_history_options,

@@ -185,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _catalog_models(config_file: str | None) -> list[str]:
     """The paths of the local models in the catalog (default model first)."""
+    # every subcommand module is imported to build the parser: keep it light
     from app.config import load_config
     from app.model_catalog import list_models
 
@@ -197,6 +198,7 @@ def _remote_options(args: argparse.Namespace, backends: list[str]) -> dict[str, 
     flags = args.base_url or args.api_key_env or args.endpoint
     if not flags and "remote" not in [b.strip().lower() for b in backends]:
         return {}
+    # every subcommand module is imported to build the parser: keep it light
     from app.remote_catalog import remote_options_from_args
 
     namespace = argparse.Namespace(backend="remote", base_url=args.base_url,

@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_onnx(args: argparse.Namespace, progress: Any, start: float) -> int:
     """`--to onnx`: export through engine.onnx_export."""
+    # every subcommand module is imported to build the parser: keep it light
     from engine.onnx_export import export_onnx
 
     result = export_onnx(args.src, args.output, args.int8, progress, args.force)

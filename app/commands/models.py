@@ -28,6 +28,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `models`; returns the exit status (damaged models are listed, not fatal)."""
+    # every subcommand module is imported to build the parser: keep it light
     from app.config import load_config
     from app.model_catalog import list_models
 
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 def render_table(entries: list[Any]) -> str:
     """A plain-text table, one model a row; a damaged model's row carries its error."""
+    # every subcommand module is imported to build the parser: keep it light
     from widgets.model_entry import format_context, format_params, format_size
 
     header = ("NAME", "FORMAT", "SIZE", "QUANT", "PARAMS", "CONTEXT", "PATH")

@@ -4,59 +4,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import Footer, ProgressBar, Static
 
+from app.chat_host import ChatHost
 from app.export import export_markdown
 from app.history import Conversation, Message
+from app.reply_stream import ReplyStream
 from app.screens.dialogs import ConfirmScreen, TextPromptScreen
 from app.tui_store import message_state, metrics_from_dict
 from engine.errors import LampchatError
-from engine.types import ReplyMetrics
 from engine.worker import Generation
-from widgets.frame_pacer import FRAME_S, LOCAL_CPU_BUDGET
-from widgets.messages import (
-    AssistantMessage,
-    ChatLog,
-    MessageData,
-    MessageState,
-    code_blocks,
-    format_tps,
-)
+from widgets.messages import AssistantMessage, ChatLog, MessageData, code_blocks
 from widgets.metrics_panel import MetricsPanel
 from widgets.prompt_input import PromptInput
 from widgets.sidebar import ConversationSidebar, ConversationSummary
 
-if TYPE_CHECKING:
-    from app.tui import LampchatApp
-
 log = logging.getLogger(__name__)
-
-LIVE_REFRESH_S = 0.25
-"""How often the live metrics (under the streaming reply, in the panel) are redrawn."""
-
-REPAINT_AFTER_REPLY_S = 0.2
-"""The whole screen is drawn again this long after a reply ends."""
-
-LOCAL_BACKENDS = frozenset({"llama.cpp", "native", "onnx", "mlx"})
-"""Backends that decode on this machine. On its CPU, whatever the UI thread does takes CPU from
-the decode, so a reply's frames keep to a CPU budget, and the two below apply."""
-
-LOCAL_WAKE_S = FRAME_S
-"""Decoding on this machine's CPU: the engine wakes the UI for new tokens at most this often,
-not for each token. Frames come no more often than this, so waking the UI more often would only
-cost it CPU (every 0.05 s instead: TUI/ask decode about 0.01 lower, benchmarks/tui_vs_ask.py)."""
-
-LOCAL_PANEL_REFRESH_S = 1.0
-"""Decoding on this machine's CPU: how often the metrics panel is redrawn while a reply streams
-(the live line under the reply still changes every `LIVE_REFRESH_S`)."""
 
 
 def message_to_data(message: Message) -> MessageData:
@@ -85,19 +55,25 @@ class ChatScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__(id="chat")
         self.conversation: Conversation | None = None
-        self.generation: Generation | None = None
-        self.reply_view: AssistantMessage | None = None
-        self._live_timer: Timer | None = None
+        self.reply: ReplyStream | None = None
+        """The reply streaming now (until it is saved)."""
         self._cursor_blink = True
-        self._live_ticks = 0
-        self._panel_every = 1
-        """The panel is redrawn every this many live refreshes."""
         self._code_index = 0
 
     @property
-    def lampchat(self) -> LampchatApp:
-        """The app, typed."""
-        return cast("LampchatApp", self.app)
+    def lampchat(self) -> ChatHost:
+        """The app, as the chat screen uses it."""
+        return cast(ChatHost, self.app)
+
+    @property
+    def generation(self) -> Generation | None:
+        """The streaming reply's generation."""
+        return self.reply.generation if self.reply is not None else None
+
+    @property
+    def reply_view(self) -> AssistantMessage | None:
+        """The streaming reply's message widget."""
+        return self.reply.view if self.reply is not None else None
 
     # ----------------------------------------------------------------- layout
 
@@ -250,127 +226,29 @@ class ChatScreen(Screen[None]):
     async def start_reply(self) -> None:
         """Stream a reply to the conversation as it stands."""
         assert self.conversation is not None
-        messages = self.conversation.chat_messages()
-        info = self.lampchat.engine.info
-        local_cpu = info is not None and info.backend in LOCAL_BACKENDS and info.device == "cpu"
-        try:
-            generation = self.lampchat.engine.generate(
-                messages, self.lampchat.sampling(), LOCAL_WAKE_S if local_cpu else 0.0)
-        except (ValueError, LampchatError) as exc:
-            self.notify(f"cannot start a reply: {exc}", severity="error")
+        reply = await ReplyStream.start(self.lampchat, self, self.conversation, self.chat_log,
+                                        self.metrics_panel)
+        if reply is None:
             return
-        self.chat_log.anchor()  # a new reply is followed again, even after scrolling up
-        view = cast(AssistantMessage, await self.chat_log.add(MessageData("assistant", "")))
-        view.start_stream(LOCAL_CPU_BUDGET if local_cpu else None)
-        self._panel_every = round(LOCAL_PANEL_REFRESH_S / LIVE_REFRESH_S) if local_cpu else 1
-        self._live_ticks = 0
-        self.generation = generation
-        self.reply_view = view
+        reply.on_saved = self._reply_saved
+        self.reply = reply
         self._code_index = 0
-        try:
-            self.lampchat.store.begin_reply(
-                self.conversation, info.name if info else "", info.backend if info else ""
-            )
-        except LampchatError as exc:
-            self.notify(f"could not save the reply: {exc}", severity="warning")
-        session = self.lampchat.session
-        session.start_reply()
-        self._live_timer = self.set_interval(LIVE_REFRESH_S, self._refresh_live)
-        self.lampchat.gc_pause.hold()
         # a blinking cursor is a screen update twice a second, each taking a slice of the CPU
         # a local model decodes on; it holds still while the reply streams
         self._cursor_blink = self.prompt.cursor_blink
         self.prompt.cursor_blink = False
-        self.stream_reply(generation, view)
+        self.stream_reply(reply)
 
     @work(group="reply", exit_on_error=False)
-    async def stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
-        """Feed the reply's pieces to its view (coalesced there per frame), then finish it.
-        The prompt's cursor blinks again once the reply is finished; full garbage collections
-        wait until the finished reply is on screen."""
+    async def stream_reply(self, reply: ReplyStream) -> None:
+        """Run the reply; the prompt's cursor blinks again once it is finished."""
         try:
-            await self._stream_reply(generation, view)
+            await reply.run()
         finally:
             self.prompt.cursor_blink = self._cursor_blink
-            self.call_after_refresh(self.lampchat.gc_pause.release)
 
-    async def _stream_reply(self, generation: Generation, view: AssistantMessage) -> None:
-        session = self.lampchat.session
-        store = self.lampchat.store
-        conversation = self.conversation
-        assert conversation is not None
-        failure: str | None = None
-        try:
-            async for piece in generation:
-                view.feed(piece.text)
-                session.tokens(piece.n_tokens)
-                store.update_partial(conversation, generation.text)
-        except LampchatError as exc:
-            failure = str(exc)
-        except Exception as exc:  # never let a reply take the app down
-            log.exception("reply failed")
-            failure = f"the reply failed: {exc}"
-        finally:
-            if self._live_timer is not None:
-                self._live_timer.stop()
-                self._live_timer = None
-        metrics = generation.metrics
-        error = generation.error or failure
-        state: MessageState = "done"
-        if error:
-            state = "error"
-            metrics = metrics or ReplyMetrics(error=error, finish_reason="error")
-            metrics.error = metrics.error or error
-        elif metrics is not None and metrics.finish_reason == "cancelled":
-            state = "stopped"
-        await view.finish(generation.text, metrics, state)
-        try:
-            message = store.finish_reply(conversation, generation.text, metrics, state != "done")
-        except LampchatError as exc:
-            self.notify(f"could not save the reply: {exc}", severity="error")
-            message = None
-        if message is None:  # saving failed: keep it in memory at least
-            conversation.messages.append(Message(
-                "assistant", generation.text, metrics=metrics.to_dict() if metrics else None,
-                interrupted=state != "done"))
-        self.generation = None
-        self.reply_view = None
-        session.finish_reply(metrics)
-        self.lampchat.reply_finished(metrics)
-        if error:
-            self.notify(error, title="Reply failed", severity="error")
-        self.metrics_panel.refresh_metrics()
-        # Frames repaint only what changed; once the reply is over (and its last frame is on
-        # screen), the whole screen is drawn again, so that nothing a frame left behind (a lost
-        # write, a stale line) outlives it.
-        self.set_timer(REPAINT_AFTER_REPLY_S, self.refresh)
-
-    def _refresh_live(self) -> None:
-        """Every `LIVE_REFRESH_S` while a reply streams: the panel now (or every
-        `LOCAL_PANEL_REFRESH_S`), and the live metrics line under the reply with the reply's
-        next frame when one is due.
-
-        The line lies next to the text the frame draws, so drawing both is one small update.
-        The panel is drawn on its own: a screen update redraws the box around everything that
-        changed, and a box from the panel to the reply would be most of the screen."""
-        session = self.lampchat.session
-        self._live_ticks += 1
-        if self.metrics_panel.display and (self._live_ticks - 1) % self._panel_every == 0:
-            session.sample_rss()
-            self.metrics_panel.refresh_metrics()
-        view = self.reply_view
-        if view is not None and view.with_next_frame(self._draw_live):
-            return
-        self._draw_live()
-
-    def _draw_live(self) -> None:
-        session = self.lampchat.session
-        if self.reply_view is not None:
-            ttft = session.live_ttft_ms
-            text = "waiting for the first token…" if ttft is None else (
-                f"streaming · {session.live_tokens} tokens · {format_tps(session.live_tps)}"
-            )
-            self.reply_view.set_meta(text)
+    def _reply_saved(self) -> None:
+        self.reply = None
 
     async def wait_for_reply(self) -> None:
         """Wait until the running reply (if any) has finished."""

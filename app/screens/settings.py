@@ -35,6 +35,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Static
 
+from app.config import save_config
 from engine.errors import LampchatError
 from widgets.config_form import APPLY_LABELS, ConfigForm
 from widgets.model_entry import short_path
@@ -226,7 +227,6 @@ class SettingsScreen(Screen[SettingsResult | None]):
             self._show_error(str(exc))
             return
         self._applied.update(changes)
-        from app.config import save_config
 
         try:
             save_config(self.config)
