@@ -24,7 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import app.history as history  # noqa: E402
-from app.history import HistoryStore, Message, conversation_text, new_conversation  # noqa: E402
+from app.history import Message, conversation_text, new_conversation  # noqa: E402
+from app.history_store import HistoryStore  # noqa: E402
 
 
 def make_files(folder: Path, n_files: int, n_messages: int) -> None:

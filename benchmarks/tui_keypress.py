@@ -40,9 +40,10 @@ from app.history import (  # noqa: E402
     new_conversation,
     save_conversation_file,
 )
-from app.tui import LampchatApp, TuiOptions  # noqa: E402
+from app.options import TuiOptions  # noqa: E402
+from app.tui import LampchatApp  # noqa: E402
 from app.tui_store import ChatStore  # noqa: E402
-from tests.scripted_backend import REPLY  # noqa: E402
+from tests.support.scripted_backend import REPLY  # noqa: E402
 
 TARGET_MS = 50.0
 TYPED = "the quick brown fox jumps over the lazy dog and then asks for more tea please "

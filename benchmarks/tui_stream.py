@@ -1,12 +1,12 @@
 """Benchmark: a fast backend streams a long Markdown reply into the real chat screen.
 
-The scripted backend (tests/scripted_backend.py) streams `--tokens` tokens of Markdown at
+The scripted backend (tests/support/scripted_backend.py) streams `--tokens` tokens of Markdown at
 `--rate` tokens/s into the real `LampchatApp` chat screen, run headless (`App.run_test`).
 Checked against the targets of the TUI issue:
 
 - every token is shown: the text streamed into the reply (before any final full update) is
   exactly the reply, and the chunks it was drawn in show the same lines as the reply drawn in
-  one go (tests/test_flat_markdown.py checks that this drawing matches Textual's Markdown);
+  one go (tests/tui/test_flat_markdown.py checks that this drawing matches Textual's Markdown);
 - the screen holds the whole reply within 100 ms of the last token: time from the backend
   yielding its last token to the first frame composed after the reply's final update;
 - memory stays bounded: process RSS before, peak during, and after the reply.
@@ -38,11 +38,12 @@ if str(REPO) not in sys.path:
 import psutil  # noqa: E402
 from textual.widgets import Markdown  # noqa: E402
 
-from app.tui import LampchatApp, TuiOptions  # noqa: E402
+from app.options import TuiOptions  # noqa: E402
+from app.tui import LampchatApp  # noqa: E402
 from app.tui_store import ChatStore  # noqa: E402
 from engine import registry  # noqa: E402
 from engine.types import ChatMessage, Piece, SamplingParams, StreamStats  # noqa: E402
-from tests.scripted_backend import ScriptedBackend, long_reply  # noqa: E402
+from tests.support.scripted_backend import ScriptedBackend, long_reply  # noqa: E402
 from widgets.flat_markdown import FlatMarkdown  # noqa: E402
 from widgets.messages import AssistantMessage  # noqa: E402
 

@@ -39,8 +39,8 @@ if str(REPO) not in sys.path:
 
 from app.history import load_conversation_file  # noqa: E402
 from engine.errors import LampchatError  # noqa: E402
-from tests.tmux_driver import TmuxTerminal, isolated_env, lampchat_argv  # noqa: E402
-from tests.tui_screen import FINAL_META, assistant_replies  # noqa: E402
+from tests.support.tmux_driver import TmuxTerminal, isolated_env, lampchat_argv  # noqa: E402
+from tests.support.tui_screen import FINAL_META, assistant_replies  # noqa: E402
 
 TARGET_RATIO = 0.95
 PROMPT = "Write a long story about a lighthouse keeper and her cat."

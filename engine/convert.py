@@ -20,6 +20,7 @@ import numpy as np
 
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.loader import LoadedModel, load_model
+from engine.formats.safetensors_io import save_safetensors
 
 Progress = Callable[[float, str], None]
 
@@ -79,7 +80,6 @@ def convert(
         if model.tokenizer is not None:
             model.tokenizer.save(str(tmp / "tokenizer.json"))
         report(0.9, "writing model.safetensors")
-        from engine.formats.safetensors_io import save_safetensors
 
         weights = export_weights(model)
         save_safetensors(weights, tmp / "model.safetensors")

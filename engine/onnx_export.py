@@ -25,7 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from engine.convert import write_configs
 from engine.errors import BackendUnavailableError, LampchatError, ModelLoadError
+from engine.formats.loader import load_model
+from engine.native.llama import LlamaConfig, rope_inv_freq
+from engine.native.ops import rope_tables
 
 Progress = Callable[[float, str], None]
 
@@ -54,7 +58,7 @@ class OnnxExportResult:
 
 def _import_onnx() -> Any:
     try:
-        import onnx
+        import onnx  # optional
     except ImportError as exc:
         raise BackendUnavailableError(
             f"exporting to ONNX needs the onnx package (pip install 'lampchat[onnx]'): {exc}"
@@ -85,7 +89,7 @@ class _GraphBuilder:
         return outs[0] if n_out == 1 else outs
 
     def const(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # optional (the onnx extra)
 
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
@@ -108,8 +112,6 @@ class _GraphBuilder:
 
 
 def _rope_tables(config: dict[str, Any], head_dim: int, n_pos: int) -> tuple[np.ndarray, ...]:
-    from engine.native.llama import LlamaConfig, rope_inv_freq
-    from engine.native.ops import rope_tables
 
     cfg = LlamaConfig.from_hf(config)
     return rope_tables(head_dim, n_pos, cfg.rope_theta, rope_inv_freq(cfg))
@@ -123,10 +125,8 @@ def build_llama_graph(
 ) -> Any:
     """An `onnx.ModelProto` for the LLaMA model `config` with HF-named `weights` (consumed)."""
     onnx = _import_onnx()
-    from onnx import TensorProto
-    from onnx import helper as oh
-
-    from engine.native.llama import LlamaConfig
+    from onnx import TensorProto  # optional (the onnx extra)
+    from onnx import helper as oh  # optional (the onnx extra)
 
     cfg = LlamaConfig.from_hf(config)
     d, hd, nq, nkv = cfg.hidden_size, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
@@ -296,8 +296,6 @@ def export_onnx(
     temporary folder, so that a failed export leaves nothing half-written.
     """
     _import_onnx()
-    from engine.convert import write_configs
-    from engine.formats.loader import load_model
 
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():

@@ -6,6 +6,8 @@ import codecs
 from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
+from tokenizers.decoders import DecodeStream
+
 from engine.types import Piece
 
 
@@ -64,7 +66,6 @@ def token_pieces(
     are counted into the next one). Closes `ids` when done; returns whether a stop string
     ended the stream (`hit = yield from token_pieces(...)`).
     """
-    from tokenizers.decoders import DecodeStream
 
     decoder = DecodeStream(skip_special_tokens=True)
     stops = StopMatcher(stop)

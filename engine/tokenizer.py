@@ -15,6 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
+
 from engine.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -136,7 +147,6 @@ def tokenizer_from_gguf_vocab(vocab: GGUFVocab) -> Any:
 
 
 def _bpe_tokenizer(vocab: GGUFVocab) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     ids = {text: i for i, text in enumerate(vocab.tokens)}
     merges = []
@@ -181,7 +191,6 @@ def spm_merges(tokens: Sequence[str], scores: Sequence[float],
 
 
 def _spm_tokenizer(vocab: GGUFVocab) -> Any:
-    from tokenizers import Tokenizer, decoders, models, normalizers
 
     ids: dict[str, int] = {}
     for i, text in enumerate(vocab.tokens):
@@ -207,7 +216,6 @@ def _spm_tokenizer(vocab: GGUFVocab) -> Any:
 
 
 def _add_special_tokens(tok: Any, vocab: GGUFVocab) -> None:
-    from tokenizers import AddedToken
 
     special, user = [], []
     for i, text in enumerate(vocab.tokens):
@@ -223,7 +231,6 @@ def _add_special_tokens(tok: Any, vocab: GGUFVocab) -> None:
 
 
 def _set_post_processor(tok: Any, vocab: GGUFVocab, add_bos: bool, add_eos: bool) -> None:
-    from tokenizers import processors
 
     bos = vocab.token_text(vocab.bos_id) if add_bos else ""
     eos = vocab.token_text(vocab.eos_id) if add_eos else ""
@@ -239,7 +246,6 @@ def _set_post_processor(tok: Any, vocab: GGUFVocab, add_bos: bool, add_eos: bool
 
 def load_tokenizer_json(path: Path) -> Any:
     """A `tokenizers.Tokenizer` from a tokenizer.json file, or ModelLoadError."""
-    from tokenizers import Tokenizer
 
     try:
         return Tokenizer.from_file(str(path))

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from engine.models import default_model_path
+from tests.support.cli import GREEDY_PROMPT, run_lampchat
 
-REPO = Path(__file__).resolve().parent.parent
+REAL_MODEL_FIXTURES = frozenset({"default_gguf", "gguf_copy", "smollm2_hf_dir",
+                                 "smollm2_onnx_dir", "smollm2_greedy_reference"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test using the bundled model's fixtures is marked `real_model`."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_model)
 
 
 @pytest.fixture(autouse=True)
@@ -51,16 +58,6 @@ def gguf_copy(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> P
     return path
 
 
-def run_lampchat(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
-                 input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `lampchat` command (as `python -m app`) from this checkout."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "app", *args],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO, input=input,
-    )
-
-
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> Path:
     """The default GGUF converted by the real `lampchat convert` into an HF-style folder
@@ -86,10 +83,6 @@ def smollm2_onnx_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_hf_dir: P
     )
     assert result.returncode == 0, result.stderr
     return out
-
-
-GREEDY_PROMPT = "Write a short poem about the sea."
-"""The user message of the greedy-agreement tests."""
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,12 @@ def build_model(
     """Build the model `config["model_type"]` describes, taking (popping) its `weights`."""
     model_type = str(config.get("model_type", "")).lower()
     if model_type == "llama":
+        # each family's module only when such a model is built
         from engine.native.llama import LlamaModel
 
         return LlamaModel(config, weights, ops, progress)
     if model_type == "gpt2":
+        # each family's module only when such a model is built
         from engine.native.gpt2 import GPT2Model
 
         return GPT2Model(config, weights, ops, progress)

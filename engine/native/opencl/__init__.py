@@ -41,7 +41,10 @@ def ops_for_device(device: str, options: dict[str, Any] | None = None) -> NumpyO
             f"the native engine has no {device.strip()!r} device: it runs on the CPU or OpenCL "
             f"(--device cpu / opencl); for {label} use another backend (see `lampchat devices`)"
         )
+    # pyopencl (optional) only when an OpenCL device is asked for
     from engine.native.opencl.context import candidates, open_device
+
+    # pyopencl (optional) only when an OpenCL device is asked for
     from engine.native.opencl.ops import OpenCLOps
 
     chosen = (options or {}).get("opencl_weights") or os.environ.get(WEIGHTS_ENV) or "auto"

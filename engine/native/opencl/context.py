@@ -43,7 +43,7 @@ class ClDevice:
 
 def _import_pyopencl() -> Any:
     try:
-        import pyopencl
+        import pyopencl  # optional
     except ImportError as exc:
         raise DeviceUnavailableError(
             f"OpenCL needs pyopencl ({exc}): pip install 'lampchat[opencl]'"

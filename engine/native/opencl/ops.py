@@ -159,7 +159,7 @@ class OpenCLOps(NumpyOps):
             kernel = cl.Kernel(self.program, name)
             kernel.set_scalar_arg_dtypes(scalars)
             self.kernels[name] = kernel
-        from pyopencl.tools import ImmediateAllocator, MemoryPool
+        from pyopencl.tools import ImmediateAllocator, MemoryPool  # optional (the opencl extra)
 
         self.pool = MemoryPool(ImmediateAllocator(dev.queue))
         self.weight_bytes = 0

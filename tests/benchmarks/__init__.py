@@ -1,0 +1,1 @@
+"""Tests: the benchmark tools themselves."""

@@ -1,0 +1,1 @@
+"""Tests: code quality (layering, cycles, lint)."""

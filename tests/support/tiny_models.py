@@ -1,0 +1,74 @@
+"""Tiny random LLaMA and GPT-2 weights and configs, as transformers would write them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _random(rng: np.random.Generator, *shape: int, scale: float = 0.08) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def llama_config(**overrides: Any) -> dict[str, Any]:
+    config = dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=300,
+                  hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=96, rope_theta=100000.0,
+                  tie_word_embeddings=True, max_position_embeddings=128, rms_norm_eps=1e-5,
+                  attention_bias=False, mlp_bias=False)
+    config.update(overrides)
+    return config
+
+
+def llama_weights(config: dict[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random HF-named LLaMA weights (norm weights near 1, biases when configured)."""
+    rng = np.random.default_rng(seed)
+    d, f = config["hidden_size"], config["intermediate_size"]
+    hd = config.get("head_dim") or d // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    w = {"model.embed_tokens.weight": _random(rng, config["vocab_size"], d, scale=0.5),
+         "model.norm.weight": 1 + _random(rng, d)}
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes = {"self_attn.q_proj": (q, d), "self_attn.k_proj": (kv, d),
+                  "self_attn.v_proj": (kv, d), "self_attn.o_proj": (d, q),
+                  "mlp.gate_proj": (f, d), "mlp.up_proj": (f, d), "mlp.down_proj": (d, f)}
+        for name, shape in shapes.items():
+            w[f"{p}{name}.weight"] = _random(rng, *shape)
+            attn = name.startswith("self_attn")
+            if (attn and config["attention_bias"]) or (not attn and config["mlp_bias"]):
+                w[f"{p}{name}.bias"] = _random(rng, shape[0])
+        w[p + "input_layernorm.weight"] = 1 + _random(rng, d)
+        w[p + "post_attention_layernorm.weight"] = 1 + _random(rng, d)
+    if not config["tie_word_embeddings"]:
+        w["lm_head.weight"] = _random(rng, config["vocab_size"], d, scale=0.5)
+    return w
+
+
+def gpt2_config(**overrides: Any) -> dict[str, Any]:
+    config = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=300,
+                  n_embd=64, n_layer=3, n_head=4, n_positions=64, n_ctx=64,
+                  layer_norm_epsilon=1e-5, activation_function="gelu_new",
+                  tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    config.update(overrides)
+    return config
+
+
+def gpt2_weights(config: dict[str, Any], seed: int = 1) -> dict[str, np.ndarray]:
+    """Random HF-named GPT-2 weights (Conv1D weights stored `[in, out]`, no prefix)."""
+    rng = np.random.default_rng(seed)
+    d = config["n_embd"]
+    w = {"wte.weight": _random(rng, config["vocab_size"], d, scale=0.5),
+         "wpe.weight": _random(rng, config["n_positions"], d, scale=0.2),
+         "ln_f.weight": 1 + _random(rng, d), "ln_f.bias": _random(rng, d)}
+    for i in range(config["n_layer"]):
+        p = f"h.{i}."
+        for name, (n_in, n_out) in {"attn.c_attn": (d, 3 * d), "attn.c_proj": (d, d),
+                                    "mlp.c_fc": (d, 4 * d), "mlp.c_proj": (4 * d, d)}.items():
+            w[f"{p}{name}.weight"] = _random(rng, n_in, n_out)
+            w[f"{p}{name}.bias"] = _random(rng, n_out)
+        for ln in ("ln_1", "ln_2"):
+            w[f"{p}{ln}.weight"] = 1 + _random(rng, d)
+            w[f"{p}{ln}.bias"] = _random(rng, d)
+    return w

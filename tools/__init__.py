@@ -1,0 +1,1 @@
+"""Developer tools (not tests): screenshots for README."""
