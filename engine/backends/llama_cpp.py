@@ -122,6 +122,26 @@ def _gpu_hint(found: DeviceSet) -> str:
             "llama-cpp-python")
 
 
+REPACKED_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL"})
+"""Weight types a CPU build with REPACK copies into a layout for its SIMD units at load (seen
+in llama.cpp's log as a CPU_REPACK buffer; Q4_1, Q6_K, Q8_0, F16 and F32 are used in place)."""
+
+
+def use_mmap(n_gpu_layers: int, types: set[str]) -> bool:
+    """Whether to map the file rather than read it.
+
+    With the file mapped, weights that are repacked stay resident twice: the mapped pages
+    touched to repack them, and the copy. A 7B Q4_0 model (3.8 GB) peaked at 7.4 GB of RSS
+    mapped and 4.0 GB read (benchmarks/README.md, "7B-shaped"). So a model on the CPU of a
+    repacking build whose weights (`types`, ggml type names) get repacked is read; otherwise
+    (GPU offload, weights used in place) it is mapped.
+    """
+    if n_gpu_layers != 0 or not types & REPACKED_TYPES:
+        return True
+    build = llama_cpp_build()
+    return not (build is not None and "REPACK = 1" in build.system_info)
+
+
 class LlamaCppBackend(Backend):
     """Runs GGUF models with llama.cpp; one instance owns one model and one context."""
 
@@ -215,7 +235,7 @@ class LlamaCppBackend(Backend):
         if fmt != "gguf":
             raise ModelLoadError(f"the llama.cpp backend reads GGUF files; {path} is {fmt}")
         report(0.05, "checking file")
-        validate_gguf(path)
+        parsed = validate_gguf(path)
         try:
             import llama_cpp  # loads llama.cpp's native library: only when it is used
         except ImportError as exc:
@@ -227,6 +247,9 @@ class LlamaCppBackend(Backend):
         elif n_gpu_layers is None:
             n_gpu_layers = -1 if gpu_offload_supported() else 0
         threads = settings.n_threads or default_threads()
+        types = {t.qtype.name for t in parsed.tensors if t.name != "token_embd.weight"}
+        kwargs = {"use_mmap": use_mmap(n_gpu_layers, types),
+                  **settings.options.get("llama_kwargs", {})}
         report(0.2, "loading weights")
         sink = _LogWriter()
         try:
@@ -240,7 +263,7 @@ class LlamaCppBackend(Backend):
                     n_threads_batch=threads,
                     n_gpu_layers=n_gpu_layers,
                     verbose=True,
-                    **settings.options.get("llama_kwargs", {}),
+                    **kwargs,
                 )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from exc

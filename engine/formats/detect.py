@@ -190,7 +190,10 @@ def _detect_folder(p: Path) -> FormatInfo:
     raise UnknownFormatError(f"folder holds no model weights Lampchat can read: {p}")
 
 
-def validate_gguf(path: Path) -> None:
-    """Parse a GGUF file's header and tensor table; raise ModelLoadError if damaged or truncated."""
-    if not GGUFFile(path).tensors:
+def validate_gguf(path: Path) -> GGUFFile:
+    """Parse a GGUF file's header and tensor table; raise ModelLoadError if damaged or truncated.
+    Returns the parsed file."""
+    parsed = GGUFFile(path)
+    if not parsed.tensors:
         raise ModelLoadError(f"GGUF file holds no tensors: {path}")
+    return parsed

@@ -8,7 +8,7 @@ import gc
 import pytest
 
 from engine.metrics import rss_bytes
-from engine.types import ChatMessage, LoadSettings, SamplingParams
+from engine.types import ChatMessage, LoadSettings, SamplingParams, StreamStats
 from engine.worker import EngineWorker
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
@@ -165,3 +165,30 @@ async def test_failed_load_keeps_the_previous_model(worker, tmp_path, default_gg
     assert worker.info is not None and worker.info.path == str(default_gguf)
     generation, _ = await _collect(worker)
     assert generation.text.strip()
+
+
+def test_a_repacking_cpu_build_reads_files_whose_weights_it_repacks(default_gguf, tmp_path):
+    """With the file mapped, weights that a CPU build repacks stay resident twice (a 7B Q4_0:
+    2.06 x the file, benchmarks/README.md); read, once. Weights used in place (the bundled
+    Q4_1) and GPU offload keep the file mapped."""
+    import llama_cpp  # loads llama.cpp's native library
+
+    from engine.backends.llama_cpp import LlamaCppBackend, use_mmap
+    from engine.ggml_build import llama_cpp_build
+    from tests.support.synthetic import synthetic_gguf
+
+    repacks = "REPACK = 1" in llama_cpp_build().system_info
+    assert use_mmap(0, {"Q4_0", "F32"}) is (not repacks)
+    assert use_mmap(0, {"Q4_1", "Q8_0", "F32"}) is True
+    assert use_mmap(-1, {"Q4_0"}) is True and use_mmap(10, {"Q4_K"}) is True
+    q4_0 = synthetic_gguf().write("tiny", "Q4_0", tmp_path / "q4_0.gguf", progress=False)
+    for path, mapped in ((default_gguf, True), (q4_0, not repacks)):
+        backend = LlamaCppBackend()
+        backend.load(str(path), LoadSettings(n_ctx=256, device="cpu"))
+        try:
+            mode = backend._llm.model_params.load_mode
+            assert (mode == llama_cpp.LLAMA_LOAD_MODE_MMAP) is mapped, path
+            stats = StreamStats()
+            assert list(backend.stream(QUESTION, GREEDY, stats)) and stats.prompt_tokens > 0
+        finally:
+            backend.unload()
