@@ -3,7 +3,8 @@
 Speed and memory do not depend on what the weights say, so a file with the tensor shapes,
 quantisation and tokenizer of a 7B model measures what the real one would. The tokenizer and
 chat template are the bundled SmolLM2's (its vocabulary padded with unused tokens to the
-preset's size), so llama.cpp loads and chats with the file like with the real model.
+preset's size, or cut to it with the merges that stay within it), so llama.cpp loads and
+chats with the file like with the real model.
 
     .venv/bin/python benchmarks/synthetic_gguf.py llama-7b -q Q4_0 -o /tmp/llama-7b-q4_0.gguf
     .venv/bin/python benchmarks/synthetic_gguf.py --list
@@ -153,30 +154,60 @@ def random_tensor(shape: tuple[int, ...], qtype: Q, role: str,
     return data.reshape(rows, -1)
 
 
-def _tokenizer_fields() -> dict[str, object]:
-    reader = gguf.GGUFReader(str(default_model_path()))
-    out: dict[str, object] = {}
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
+TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens",
                 "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
                 "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
                 "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.padding_token_id",
                 "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_space_prefix",
-                "tokenizer.chat_template"):
-        out[key] = reader.fields[key].contents()
+                "tokenizer.chat_template")
+"""The GGUF keys of the tokenizer and chat template that the synthetic model takes over."""
+
+
+def _tokenizer_fields(source: Path | None = None) -> dict[str, object]:
+    reader = gguf.GGUFReader(str(source or default_model_path()))
+    return {key: reader.fields[key].contents() for key in TOKENIZER_KEYS}
+
+
+def write_tokenizer(out: Path, source: Path | None = None) -> Path:
+    """A GGUF holding only the tokenizer and chat template of `source` (default: the bundled
+    model): about 2 MB, for machines without the bundled model (benchmarks/gpu_check.sh)."""
+    fields = _tokenizer_fields(source)
+    writer = gguf.GGUFWriter(out, "llama")
+    for key, value in fields.items():
+        if key == "tokenizer.ggml.token_type":
+            writer.add_token_types(value)  # type: ignore[arg-type]
+        elif isinstance(value, list):
+            writer.add_array(key, value)
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, str(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
     return out
 
 
 def write(preset_name: str, quant: str, out: Path, seed: int = 0,
-          progress: bool = True) -> Path:
-    """Write the synthetic model; returns `out`."""
+          progress: bool = True, tokenizer: Path | None = None) -> Path:
+    """Write the synthetic model; returns `out`. `tokenizer`: the GGUF whose tokenizer and chat
+    template it takes (default: the bundled model)."""
     p = PRESETS[preset_name]
     if quant not in QUANTS:
         raise ValueError(f"unknown quant {quant!r} (choose one of: {', '.join(QUANTS)})")
-    tok = _tokenizer_fields()
+    tok = _tokenizer_fields(tokenizer)
     tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
     types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
-    if len(tokens) > p.vocab:
-        raise ValueError(f"{preset_name}: vocabulary {p.vocab} is smaller than the tokenizer's")
+    merges = list(tok["tokenizer.ggml.merges"])  # type: ignore[call-overload]
+    if len(tokens) > p.vocab:  # Llama-2's 32,000: keep the first tokens and their merges
+        tokens, types = tokens[: p.vocab], types[: p.vocab]
+        kept = set(tokens)
+        merges = [m for m in merges
+                  if (parts := m.split(" ")) and len(parts) == 2 and parts[0] in kept
+                  and parts[1] in kept and parts[0] + parts[1] in kept]
     pad = p.vocab - len(tokens)
     tokens += [f"<|synthetic_pad_{i}|>" for i in range(pad)]
     types += [int(gguf.TokenType.UNUSED)] * pad
@@ -202,7 +233,7 @@ def write(preset_name: str, quant: str, out: Path, seed: int = 0,
     writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
+    writer.add_token_merges(merges)
     writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
     writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
     writer.add_unk_token_id(int(tok["tokenizer.ggml.unknown_token_id"]))  # type: ignore[call-overload]
@@ -256,8 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quant", default="Q4_0", choices=list(QUANTS))
     parser.add_argument("-o", "--output", type=Path, help="the file to write")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", type=Path,
+                        help="GGUF to take the tokenizer from (default: the bundled model)")
+    parser.add_argument("--write-tokenizer", type=Path, metavar="FILE",
+                        help="only write the tokenizer (a small GGUF) to FILE")
     parser.add_argument("--list", action="store_true", help="list the presets")
     args = parser.parse_args(argv)
+    if args.write_tokenizer:
+        print(write_tokenizer(args.write_tokenizer, args.tokenizer))
+        return 0
     if args.list or not args.preset:
         for name, p in PRESETS.items():
             n = sum(int(np.prod(s)) for _n, s, _r in tensors(p))
@@ -266,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"vocab={p.vocab} ctx={p.context}")
         return 0
     out = args.output or Path(f"synthetic-{args.preset}-{args.quant.lower()}.gguf")
-    write(args.preset, args.quant, out, args.seed)
+    write(args.preset, args.quant, out, args.seed, tokenizer=args.tokenizer)
     print(out)
     return 0
 
