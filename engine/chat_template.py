@@ -1,8 +1,14 @@
-"""Chat templates (Jinja, from tokenizer_config.json or GGUF metadata), same in every backend."""
+"""Chat templates (Jinja, from tokenizer_config.json or GGUF metadata), same in every backend.
+
+A model that ships no template gets a built-in one chosen by its architecture and vocabulary
+(`builtin_for`), never one whose special tokens the vocabulary lacks: the built-ins render what
+llama.cpp's `llama_chat_apply_template` renders for the same names. Every backend stops on the
+end-of-turn tokens the template writes (`end_of_turn_tokens`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -19,7 +25,123 @@ CHATML = (
     " + '<|im_end|>' + '\\n' }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
-"""Fallback template for models that ship none."""
+"""ChatML, as llama.cpp's "chatml"."""
+
+LLAMA3 = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + (message['content'] | trim) + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+"""Llama 3, as llama.cpp's "llama3"."""
+
+GEMMA = (
+    "{% set ns = namespace(system='') %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}"
+    "{% set ns.system = ns.system + (message['content'] | trim) %}"
+    "{% else %}{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' }}"
+    "{% if ns.system and role != 'model' %}{{ ns.system + '\n\n' }}"
+    "{% set ns.system = '' %}{% endif %}"
+    "{{ (message['content'] | trim) + '<end_of_turn>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+"""Gemma (no system role: it is put in front of the first user turn), as llama.cpp's "gemma"."""
+
+PHI3 = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + "
+    "'<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+"""Phi-3, as llama.cpp's "phi3"."""
+
+MISTRAL_V3 = (
+    "{% set ns = namespace(inside=false) %}{% for message in messages %}"
+    "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ message['content'] + '[/INST]' }}"
+    "{% else %}{{ ' ' + (message['content'] | trim) + '</s>' }}{% set ns.inside = false %}"
+    "{% endif %}{% endfor %}"
+)
+"""Mistral with [INST] control tokens, as llama.cpp's "mistral-v3"."""
+
+LLAMA2 = (
+    "{{ '[INST] ' }}{% set ns = namespace(inside=true) %}{% for message in messages %}"
+    "{% if not ns.inside %}{{ '[INST] ' }}{% set ns.inside = true %}{% endif %}"
+    "{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + message['content'] + '\n<</SYS>>\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ message['content'] + ' [/INST]' }}"
+    "{% else %}{{ message['content'] + '</s>' }}{% set ns.inside = false %}{% endif %}"
+    "{% endfor %}"
+)
+"""Llama 2 chat ([INST] as plain text, <<SYS>>), as llama.cpp's "llama2-sys"."""
+
+PLAIN = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ message['content'] + '\n\n' }}{% elif message['role'] == 'user' %}"
+    "{{ 'USER: ' + message['content'] + '\n' }}{% else %}"
+    "{{ 'ASSISTANT: ' + message['content'] + eos_token + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+"""Plain text turns (Vicuna's layout, ended by the model's own end-of-text token), for a
+vocabulary with no chat tokens at all."""
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A built-in template, the special tokens it needs and the one that ends a turn."""
+
+    name: str
+    template: str
+    requires: tuple[str, ...]
+    end_of_turn: str | None
+
+
+BUILTINS: dict[str, Builtin] = {b.name: b for b in (
+    Builtin("gemma", GEMMA, ("<start_of_turn>", "<end_of_turn>"), "<end_of_turn>"),
+    Builtin("llama3", LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+            "<|eot_id|>"),
+    Builtin("phi3", PHI3, ("<|user|>", "<|assistant|>", "<|end|>"), "<|end|>"),
+    Builtin("chatml", CHATML, ("<|im_start|>", "<|im_end|>"), "<|im_end|>"),
+    Builtin("mistral-v3", MISTRAL_V3, ("[INST]", "[/INST]", "</s>"), "</s>"),
+    Builtin("llama2", LLAMA2, ("</s>",), "</s>"),
+    Builtin("plain", PLAIN, (), None),
+)}
+"""Built-in templates, in the order `builtin_for` tries them."""
+
+ARCH_TEMPLATES = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma",
+                  "gemma3_text": "gemma", "phi3": "phi3", "qwen2": "chatml", "qwen3": "chatml"}
+"""Architectures whose family template is known (used when their vocabulary has its tokens)."""
+
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>",
+               "<|endoftext|>", "</s>")
+"""Tokens that end a turn in the templates models ship; a reply stops at any of them that the
+template writes and the vocabulary has."""
+
+
+def builtin_for(arch: str | None, vocabulary: Collection[str]) -> Builtin:
+    """The built-in template for a model with none: its family's when `arch` names one, else
+    the first whose special tokens `vocabulary` has all of ("plain" needs none)."""
+    family = BUILTINS.get(ARCH_TEMPLATES.get((arch or "").lower(), ""))
+    if family is not None and all(t in vocabulary for t in family.requires):
+        return family
+    return next(b for b in BUILTINS.values() if all(t in vocabulary for t in b.requires))
+
+
+def end_of_turn_ids(template: ChatTemplate, token_id: Callable[[str], int | None]) -> list[int]:
+    """Ids of the end-of-turn tokens `template` writes; `token_id` looks a token's text up in
+    the vocabulary (None when it has no such token)."""
+    ids = []
+    for text in END_OF_TURN:
+        if text in template.template and (i := token_id(text)) is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
+def fallback_template(arch: str | None, vocabulary: Collection[str], bos: str,
+                      eos: str) -> ChatTemplate:
+    """The template for a model that ships none (see `builtin_for`)."""
+    builtin = builtin_for(arch, vocabulary)
+    return ChatTemplate(f"built-in ({builtin.name})", builtin.template, bos, eos)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import CHATML, ChatTemplate
+from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_template
 from engine.devices import (
     KIND_LABELS,
     BackendSupport,
@@ -224,6 +224,9 @@ class LlamaCppBackend(Backend):
         self._abort_callback: Any = None
         self._abort_flag: Any = None  # ctypes buffer [flag, 0] read by the C callback
         self._add_bos = True
+        self._end_of_turn: frozenset[int] = frozenset()
+        """End-of-turn tokens the template writes (llama.cpp's own end-of-generation set may
+        lack them, e.g. <|im_end|> in a model whose eos is <|endoftext|>)."""
 
     def load(
         self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
@@ -277,8 +280,15 @@ class LlamaCppBackend(Backend):
         bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() >= 0 else ""
         eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() >= 0 else ""
         template_text = metadata.get("tokenizer.chat_template")
-        source = "gguf" if template_text else "fallback (ChatML)"
-        self._template = ChatTemplate(source, template_text or CHATML, bos, eos)
+        tokens = parsed.fields.get("tokenizer.ggml.tokens") or []
+        if template_text:
+            self._template = ChatTemplate("gguf", template_text, bos, eos)
+        else:
+            arch = str(parsed.fields.get("general.architecture") or "")
+            self._template = fallback_template(arch, set(tokens), bos, eos)
+        source = self._template.source
+        index = {t: i for i, t in enumerate(tokens)}
+        self._end_of_turn = frozenset(end_of_turn_ids(self._template, index.get))
         self.settings = settings
         self.info = ModelInfo(
             name=metadata.get("general.name") or path.stem,
@@ -392,7 +402,7 @@ class LlamaCppBackend(Backend):
         )
         try:
             for token in generator:
-                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or token in self._end_of_turn:
                     break
                 count += 1
                 pending += 1

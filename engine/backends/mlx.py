@@ -227,7 +227,8 @@ class MLXBackend(Backend):
             raise ModelLoadError(f"mlx-lm cannot load {folder}: {text}") from exc
         report(0.85, "loading tokenizer")
         tokenizer = load_tokenizer_json(folder / "tokenizer.json")
-        eos = set(hf_folder.eos_token_ids(folder, config, tokenizer))
+        template = hf_folder.chat_template(folder, config, tokenizer)
+        eos = set(hf_folder.eos_token_ids(folder, config, tokenizer, template))
         for token_id in eos:
             mlx_tokenizer.add_eos_token(str(token_id))
         self._mx = mx
@@ -235,7 +236,7 @@ class MLXBackend(Backend):
         self._cache, self._cache_tokens = None, []
         self._mlx_tokenizer = mlx_tokenizer
         self._tokenizer = tokenizer
-        self._template = hf_folder.chat_template(folder)
+        self._template = template
         self._eos_ids = frozenset(eos | set(mlx_tokenizer.eos_token_ids))
         self._stream = mx.new_stream(device)
         # MLX does not tear down its per-thread streams by itself: left to interpreter shutdown

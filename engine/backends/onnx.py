@@ -257,19 +257,22 @@ class OnnxBackend(Backend):
         report(0.9, "reading the tokenizer")
         self._check_signature(session, file, config)
         tokenizer = load_tokenizer_json(folder / "tokenizer.json")
-        template = hf_folder.chat_template(folder)
+        template = hf_folder.chat_template(folder, config, tokenizer)
         self._ort = ort
         self._session = session
         self._tokenizer = tokenizer
         self._template = template
-        self._eos_ids = frozenset(hf_folder.eos_token_ids(folder, config, tokenizer))
+        self._eos_ids = frozenset(hf_folder.eos_token_ids(folder, config, tokenizer, template))
         tcfg = hf_folder.tokenizer_config(folder)
         self._bos_id = None
         if tcfg.get("add_bos_token") and template.bos_token:
             self._bos_id = tokenizer.token_to_id(template.bos_token)
         used = session.get_providers()[0]
         self._kv_device = _KV_DEVICE.get(used, "cpu")
-        max_pos = int(config.get("max_position_embeddings") or 4096)
+        max_pos = hf_folder.context_length(config)
+        if max_pos is None:
+            raise ModelLoadError(f"{folder / 'config.json'} gives no context length "
+                                 f"({', '.join(hf_folder.CONTEXT_KEYS)})")
         self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
         self._past, self._cache_tokens = [], []
         meta = session.get_modelmeta().custom_metadata_map

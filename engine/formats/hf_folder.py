@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.chat_template import CHATML, ChatTemplate
+from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_template
 from engine.errors import ModelLoadError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -65,6 +65,29 @@ def _token_text(value: Any) -> str:
     return str(value) if value else ""
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len",
+                "seq_length", "max_sequence_length")
+"""config.json keys that hold a model's trained context length, in the order they are read."""
+
+
+def context_length(config: dict[str, Any]) -> int | None:
+    """The context a model computes exactly: its trained length, or its sliding window when
+    that is smaller and in use (attention past the window is not computed by Lampchat's
+    engines, so a longer context would be wrong from the window on)."""
+    length = None
+    for key in CONTEXT_KEYS:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            length = value
+            break
+    window = config.get("sliding_window")
+    if (isinstance(window, int) and not isinstance(window, bool) and window > 0
+            and config.get("use_sliding_window", True) is not False
+            and (length is None or window < length)):
+        return window
+    return length
+
+
 def tokenizer_config(folder: Path) -> dict[str, Any]:
     """tokenizer_config.json as a dict ({} if absent)."""
     path = folder / "tokenizer_config.json"
@@ -74,8 +97,10 @@ def tokenizer_config(folder: Path) -> dict[str, Any]:
     return cfg if isinstance(cfg, dict) else {}
 
 
-def chat_template(folder: Path) -> ChatTemplate:
-    """The chat template from chat_template.jinja or tokenizer_config.json (ChatML fallback)."""
+def chat_template(folder: Path, config: dict[str, Any] | None = None,
+                  tokenizer: Any = None) -> ChatTemplate:
+    """The chat template from chat_template.jinja or tokenizer_config.json; else the built-in
+    one for the model's family and vocabulary (`config`'s model_type, `tokenizer`'s tokens)."""
     tcfg = tokenizer_config(folder)
     bos, eos = _token_text(tcfg.get("bos_token")), _token_text(tcfg.get("eos_token"))
     jinja = folder / "chat_template.jinja"
@@ -87,11 +112,14 @@ def chat_template(folder: Path) -> ChatTemplate:
         template = named.get("default") or next(iter(named.values()), None)
     if isinstance(template, str) and template.strip():
         return ChatTemplate("tokenizer_config.json", template, bos, eos)
-    return ChatTemplate("fallback", CHATML, bos, eos)
+    vocabulary = tokenizer.get_vocab(with_added_tokens=True) if tokenizer is not None else {}
+    return fallback_template((config or {}).get("model_type"), vocabulary, bos, eos)
 
 
-def eos_token_ids(folder: Path, config: dict[str, Any], tokenizer: Any) -> list[int]:
-    """End-of-generation ids from generation_config.json, config.json and the tokenizer."""
+def eos_token_ids(folder: Path, config: dict[str, Any], tokenizer: Any,
+                  template: ChatTemplate | None = None) -> list[int]:
+    """End-of-generation ids from generation_config.json, config.json and the tokenizer, and the
+    end-of-turn tokens `template` writes."""
     ids: list[int] = []
 
     def add(value: Any) -> None:
@@ -108,4 +136,6 @@ def eos_token_ids(folder: Path, config: dict[str, Any], tokenizer: Any) -> list[
     eos = _token_text(tokenizer_config(folder).get("eos_token"))
     if eos and tokenizer is not None:
         add(tokenizer.token_to_id(eos))
+    if template is not None and tokenizer is not None:
+        add(end_of_turn_ids(template, tokenizer.token_to_id))
     return ids

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.chat_template import CHATML, ChatTemplate
+from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_template
 from engine.errors import ModelLoadError, UnknownFormatError
 from engine.formats import hf_folder
 from engine.formats.detect import detect_format
@@ -83,11 +83,14 @@ def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.floa
     template_text = model.field("tokenizer.chat_template")
     bos = vocab.token_text(vocab.bos_id) if vocab else ""
     eos = vocab.token_text(vocab.eos_id) if vocab else ""
+    tokens = vocab.tokens if vocab else []
     if template_text:
         template = ChatTemplate("gguf", str(template_text), bos, eos)
     else:
-        template = ChatTemplate("fallback", CHATML, bos, eos)
+        template = fallback_template(model.arch, set(tokens), bos, eos)
     eos_ids = vocab.eos_ids() if vocab else []
+    index = {t: i for i, t in enumerate(tokens)}
+    eos_ids += [i for i in end_of_turn_ids(template, index.get) if i not in eos_ids]
     if not eos_ids and config.get("eos_token_id") is not None:
         eos_ids = [int(config["eos_token_id"])]
     weights = model.weights(dtype, progress)
@@ -149,8 +152,8 @@ def load_hf(
         config=config,
         weights=weights,
         tokenizer=tokenizer,
-        template=hf_folder.chat_template(folder),
-        eos_token_ids=hf_folder.eos_token_ids(folder, config, tokenizer),
+        template=(template := hf_folder.chat_template(folder, config, tokenizer)),
+        eos_token_ids=hf_folder.eos_token_ids(folder, config, tokenizer, template),
         format=fmt,
         quantization=quant,
         path=Path(path),

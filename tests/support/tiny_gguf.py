@@ -1,0 +1,123 @@
+"""Tiny LLaMA GGUF files written with gguf.GGUFWriter, as llama.cpp's converter writes them,
+with the bundled model's tokenizer (its tokens renamed where a test needs other specials)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from engine.models import default_model_path
+
+
+def bundled_tokenizer() -> dict[str, object]:
+    """The bundled SmolLM2's tokenizer fields (GGUF keys -> values)."""
+    reader = gguf.GGUFReader(str(default_model_path()))
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+            "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
+    return {key: reader.fields[key].contents() for key in keys}
+
+
+def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
+                     template: str | None = None, zero_logits: bool = False,
+                     seed: int = 0) -> Path:
+    """A 1-layer LLaMA (d=64) with the bundled tokenizer. `renames`: token id -> new text
+    (made a control token); `template`: the chat template to embed (None: none);
+    `zero_logits`: the final norm is zero, so every logit is 0 and greedy picks token 0."""
+    tok = bundled_tokenizer()
+    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
+    types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
+    for i, text in (renames or {}).items():
+        tokens[i] = text
+        types[i] = int(gguf.TokenType.CONTROL)
+    vocab, d, heads, kv, ff = len(tokens), 64, 4, 2, 128
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(d)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(d // heads)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
+    writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
+    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
+    writer.add_add_bos_token(False)
+    if template is not None:
+        writer.add_chat_template(template)
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", rand(vocab, d))
+    writer.add_tensor("blk.0.attn_norm.weight", np.ones(d, np.float32))
+    writer.add_tensor("blk.0.attn_q.weight", rand(d, d))
+    writer.add_tensor("blk.0.attn_k.weight", rand(kv * d // heads, d))
+    writer.add_tensor("blk.0.attn_v.weight", rand(kv * d // heads, d))
+    writer.add_tensor("blk.0.attn_output.weight", rand(d, d))
+    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(d, np.float32))
+    writer.add_tensor("blk.0.ffn_gate.weight", rand(ff, d))
+    writer.add_tensor("blk.0.ffn_up.weight", rand(ff, d))
+    writer.add_tensor("blk.0.ffn_down.weight", rand(d, ff))
+    norm = np.zeros(d, np.float32) if zero_logits else np.ones(d, np.float32)
+    writer.add_tensor("output_norm.weight", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_gpt2_gguf(path: Path, *, untied: bool, seed: int = 0) -> Path:
+    """A 2-layer GPT-2 (d=64) with the bundled tokenizer; `untied`: an output.weight of its
+    own (tie_word_embeddings: false), else the LM head is the token embeddings."""
+    tok = bundled_tokenizer()
+    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
+    vocab, d, heads, ff, ctx, layers = len(tokens), 64, 4, 256, 128, 2
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_context_length(ctx)
+    writer.add_embedding_length(d)
+    writer.add_feed_forward_length(ff)
+    writer.add_block_count(layers)
+    writer.add_head_count(heads)
+    writer.add_layer_norm_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
+    writer.add_token_list(tokens)
+    writer.add_token_types(list(tok["tokenizer.ggml.token_type"]))  # type: ignore[call-overload]
+    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
+    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", rand(vocab, d))
+    writer.add_tensor("position_embd.weight", rand(ctx, d))
+    for i in range(layers):
+        b = f"blk.{i}."
+        for name, shape in (("attn_norm", (d,)), ("ffn_norm", (d,))):
+            writer.add_tensor(b + name + ".weight", 1 + rand(*shape))
+            writer.add_tensor(b + name + ".bias", rand(*shape))
+        for name, (n_out, n_in) in (("attn_qkv", (3 * d, d)), ("attn_output", (d, d)),
+                                    ("ffn_up", (ff, d)), ("ffn_down", (d, ff))):
+            writer.add_tensor(b + name + ".weight", rand(n_out, n_in, scale=0.1))
+            writer.add_tensor(b + name + ".bias", rand(n_out))
+    writer.add_tensor("output_norm.weight", 1 + rand(d))
+    writer.add_tensor("output_norm.bias", rand(d))
+    if untied:
+        writer.add_tensor("output.weight", rand(vocab, d, scale=0.5))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
