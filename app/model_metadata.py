@@ -17,14 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import LampchatError
-from engine.formats.hf_folder import read_config, safetensors_files
+from engine.formats.hf_folder import context_length, read_config, safetensors_files
 from engine.formats.safetensors_io import read_header
 
 log = logging.getLogger(__name__)
 
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len",
-                "seq_length", "max_sequence_length")
-"""config.json keys that hold a model's context length, most common first."""
 
 
 @dataclass(frozen=True)
@@ -263,15 +260,8 @@ def folder_metadata(folder: Path) -> ModelMeta:
 
 
 def _config_context(config: dict[str, Any]) -> int | None:
-    sources = [config, config.get("text_config") or {}]
-    for source in sources:
-        if not isinstance(source, dict):
-            continue
-        for key in CONTEXT_KEYS:
-            value = source.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-    return None
+    text = config.get("text_config")
+    return context_length(config) or (context_length(text) if isinstance(text, dict) else None)
 
 
 def _config_quantization(config: dict[str, Any]) -> str | None:

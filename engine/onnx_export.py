@@ -314,6 +314,7 @@ def export_onnx(
         raise LampchatError(
             f"ONNX export supports LLaMA-family models; {src_path} is {loaded.model_type!r}"
         )
+    LlamaConfig.from_hf(loaded.config)  # refuses, by name, what the graph would get wrong
     if loaded.tokenizer is None:
         raise ModelLoadError(f"the model has no tokenizer: {src_path}")
     n_layers = int(loaded.config.get("num_hidden_layers", 0))

@@ -11,7 +11,7 @@ from engine.errors import ModelLoadError
 from engine.native.base import BuildProgress, NativeModel, Weights
 from engine.native.ops import NumpyOps
 
-ARCHITECTURES = ("llama", "gpt2")
+ARCHITECTURES = ("llama", "mistral", "gpt2")
 """The `model_type` values the native engine runs."""
 
 
@@ -23,7 +23,7 @@ def build_model(
 ) -> NativeModel:
     """Build the model `config["model_type"]` describes, taking (popping) its `weights`."""
     model_type = str(config.get("model_type", "")).lower()
-    if model_type == "llama":
+    if model_type in ("llama", "mistral"):  # Mistral: LLaMA with a sliding window
         # each family's module only when such a model is built
         from engine.native.llama import LlamaModel
 

@@ -2,7 +2,8 @@
 
 Weights use the HF names, with or without the `transformer.` prefix. GPT-2's Conv1D weights
 are stored `[in, out]`; they are transposed once at load to the `(out, in)` layout `linear`
-expects. The LM head is tied to the token embeddings.
+expects. The LM head is the token embeddings, unless `tie_word_embeddings` is false: then
+`lm_head.weight`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class GPT2Config:
     n_positions: int
     layer_norm_epsilon: float
     scale_by_layer: bool
+    tie_word_embeddings: bool
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> GPT2Config:
@@ -53,6 +55,7 @@ class GPT2Config:
             n_positions=config_int(config, "n_positions", "max_position_embeddings", default=1024),
             layer_norm_epsilon=float(config.get("layer_norm_epsilon") or 1e-5),
             scale_by_layer=bool(config.get("scale_attn_by_inverse_layer_idx", False)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
         )
 
 
@@ -128,8 +131,16 @@ class GPT2Model(NativeModel):
                 progress((i + 1) / (cfg.n_layer + 1))
         self.ln_f_w = ops.prepare(take(weights, "ln_f.weight", (d,)))
         self.ln_f_b = ops.prepare(take(weights, "ln_f.bias", (d,)))
-        weights.pop("lm_head.weight", None)
-        self.lm_head = ops.prepare(self.embed)
+        if cfg.tie_word_embeddings:
+            weights.pop("lm_head.weight", None)
+            self.lm_head = ops.prepare(self.embed)
+        else:  # an LM head of its own (tie_word_embeddings: false)
+            if "lm_head.weight" not in weights:
+                raise ModelLoadError("the config says tie_word_embeddings: false, but the "
+                                     "checkpoint has no lm_head.weight")
+            head = take(weights, "lm_head.weight", (cfg.vocab_size, d))
+            n_params += head.size
+            self.lm_head = ops.prepare(head)
         self.n_params = int(n_params + 2 * d)
         if progress:
             progress(1.0)

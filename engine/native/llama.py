@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.formats.hf_folder import context_length
 from engine.native.base import (
     BuildProgress,
     NativeModel,
@@ -55,10 +56,15 @@ class LlamaConfig:
         n_kv = config_int(config, "num_key_value_heads", default=n_heads)
         if n_heads % n_kv:
             raise ModelLoadError(f"{n_heads} attention heads do not group into {n_kv} kv heads")
+        refuse_unsupported(config)
         rope = config.get("rope_parameters") or config.get("rope_scaling") or None
         theta = config.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
-        if rope and rope.get("rope_type", rope.get("type", "default")) == "default":
+        kind = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
+        if kind == "default":
             rope = None
+        elif kind not in ("linear", "llama3"):
+            raise ModelLoadError(f"rope_scaling type {kind!r} is not supported natively "
+                                 "(it runs default, linear and llama3)")
         return cls(
             vocab_size=config_int(config, "vocab_size"),
             hidden_size=hidden,
@@ -70,11 +76,34 @@ class LlamaConfig:
             rms_norm_eps=float(config.get("rms_norm_eps") or 1e-6),
             rope_theta=float(theta),
             rope_scaling=rope,
-            max_positions=config_int(config, "max_position_embeddings", default=4096),
+            max_positions=context_length(config) or 4096,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
         )
+
+
+UNSUPPORTED_KEYS = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
+                    "use_qk_norm", "qk_layernorm", "layer_types", "no_rope_layers")
+"""Config keys that change a LLaMA-family model's math in ways this engine does not implement:
+a model setting any of them is refused by name rather than run wrongly."""
+
+
+def refuse_unsupported(config: dict[str, Any]) -> None:
+    """Raise ModelLoadError naming the first config option this engine would get wrong."""
+    act = config.get("hidden_act", config.get("hidden_activation", "silu"))
+    if act not in ("silu", "swish"):
+        raise ModelLoadError(f"hidden_act {act!r} is not supported for "
+                             f"{config.get('model_type', 'llama')} models (the native engine "
+                             "runs silu)")
+    for key in UNSUPPORTED_KEYS:
+        if config.get(key) not in (None, False, 0, []):
+            raise ModelLoadError(f"config option {key}={config[key]!r} is not supported for "
+                                 f"{config.get('model_type', 'llama')} models natively")
+    factor = config.get("partial_rotary_factor")
+    if factor not in (None, 1, 1.0):
+        raise ModelLoadError(f"config option partial_rotary_factor={factor!r} is not supported "
+                             "natively")
 
 
 def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from engine.errors import ModelLoadError
 from engine.formats.loader import load_model
@@ -22,13 +20,15 @@ from engine.native.generator import Generator
 from engine.sampling import Sampler
 from engine.types import SamplingParams
 from tests.support import torch_checkpoint
-from tests.support.tiny_models import gpt2_config, gpt2_weights, llama_config, llama_weights
-
-
-def _mlx():
-    """mlx and mlx-lm's loader (the `mlx` extra, installed by the test command)."""
-    return pytest.importorskip("mlx.core"), pytest.importorskip("mlx_lm.utils")
-
+from tests.support.tiny_models import (
+    gpt2_config,
+    gpt2_weights,
+    llama_config,
+    llama_weights,
+    mlx_logits,
+    write_folder,
+)
+from tests.support.tiny_models import mlx_modules as _mlx
 
 TOKENS = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17, 42, 42, 42, 0, 11, 12],
                   dtype=np.int64)
@@ -39,21 +39,6 @@ TOLERANCE = 1e-4
 
 def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def write_folder(folder: Path, config: dict[str, Any], weights: dict[str, np.ndarray]) -> Path:
-    """An HF folder: config.json + model.safetensors."""
-    folder.mkdir(parents=True)
-    save_file(weights, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-def mlx_logits(folder: Path, tokens: np.ndarray) -> np.ndarray:
-    """Logits `(T, vocab)` of mlx-lm's own implementation loading the same folder."""
-    mx, mlx_utils = _mlx()
-    model, _ = mlx_utils.load_model(folder)
-    return np.array(model(mx.array(tokens[None].astype(np.int32)))[0].astype(mx.float32))
 
 
 def mlx_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from safetensors.numpy import save_file
 
 
 def _random(rng: np.random.Generator, *shape: int, scale: float = 0.08) -> np.ndarray:
@@ -72,3 +76,23 @@ def gpt2_weights(config: dict[str, Any], seed: int = 1) -> dict[str, np.ndarray]
             w[f"{p}{ln}.weight"] = 1 + _random(rng, d)
             w[f"{p}{ln}.bias"] = _random(rng, d)
     return w
+
+
+def mlx_modules():
+    """mlx and mlx-lm's loader (the `mlx` extra, installed by the test command)."""
+    return pytest.importorskip("mlx.core"), pytest.importorskip("mlx_lm.utils")
+
+
+def write_folder(folder: Path, config: dict[str, Any], weights: dict[str, np.ndarray]) -> Path:
+    """An HF folder: config.json + model.safetensors."""
+    folder.mkdir(parents=True)
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def mlx_logits(folder: Path, tokens: np.ndarray) -> np.ndarray:
+    """Logits `(T, vocab)` of mlx-lm's own implementation loading the same folder."""
+    mx, mlx_utils = mlx_modules()
+    model, _ = mlx_utils.load_model(folder)
+    return np.array(model(mx.array(tokens[None].astype(np.int32)))[0].astype(mx.float32))

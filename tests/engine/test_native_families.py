@@ -1,0 +1,110 @@
+"""The native engine against llama.cpp (`logits_all=True`) on F32 GGUFs written the way
+llama.cpp's converter writes them: every config option that changes the math is honoured."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.errors import ModelLoadError
+from engine.formats.loader import load_model
+from engine.native import build_model
+from tests.support.tiny_gguf import write_gpt2_gguf
+from tests.support.tiny_models import llama_config, llama_weights, mlx_logits, write_folder
+
+PROMPT = b"The lighthouse keeper climbed the stairs at dusk"
+
+
+def llama_cpp_logits(path: Path) -> tuple[list[int], np.ndarray]:
+    import llama_cpp  # loads llama.cpp's native library
+
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    try:
+        ids = llm.tokenize(PROMPT, add_bos=False, special=False)
+        llm.eval(ids)
+        return ids, np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+
+
+def native_logits(path: Path, ids: list[int]) -> np.ndarray:
+    loaded = load_model(path)
+    net = build_model(loaded.config, loaded.weights)
+    return net.forward(np.array(ids), net.new_cache(128), 0, all_logits=True)
+
+
+def assert_same_logits(ours: np.ndarray, ref: np.ndarray, tolerance: float = 1e-3) -> None:
+    """Within `tolerance` of the largest logit, and the same greedy token wherever the
+    reference's top two differ by more than twice the largest error (not a near-tie)."""
+    error = np.abs(ours - ref).max()
+    assert error / np.abs(ref).max() < tolerance
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * error
+    assert clear.sum() >= len(ref) // 2
+    assert (ours.argmax(-1) == ref.argmax(-1))[clear].all()
+
+
+@pytest.mark.parametrize("untied", [False, True])
+def test_gpt2_head_tied_or_not_matches_llama_cpp(tmp_path: Path, untied: bool) -> None:
+    path = write_gpt2_gguf(tmp_path / f"gpt2-{untied}.gguf", untied=untied)
+    assert load_model(path).config["tie_word_embeddings"] is (not untied)
+    ids, ref = llama_cpp_logits(path)
+    ours = native_logits(path, ids)
+    assert_same_logits(ours, ref)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act 'gelu_pytorch_tanh'"),
+    ({"final_logit_softcapping": 30.0}, "final_logit_softcapping=30.0"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor=0.5"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn'"),
+])
+def test_config_options_it_would_get_wrong_are_refused_by_name(tmp_path: Path, override,
+                                                                named: str) -> None:
+    """Never silently wrong: the native engine, and `convert --to onnx` (the same config
+    reader), refuse a model whose config changes the math in a way they do not implement."""
+    from tests.support.cli import run_lampchat
+
+    config = llama_config(**override)
+    folder = write_folder(tmp_path / "model", config, llama_weights(config))
+    with pytest.raises(ModelLoadError, match=re.escape(named)):
+        build_model(load_model(folder).config, load_model(folder).weights)
+    result = run_lampchat("convert", str(folder), "--to", "onnx", "-o", str(tmp_path / "onnx"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("lampchat: error: ") and named in last
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_a_sliding_window_limits_the_context_to_where_it_is_exact(tmp_path: Path) -> None:
+    """Mistral: with a sliding window of 16, attention is the same as full attention for the
+    first 16 positions, so the native engine and an ONNX export run 16 positions and refuse
+    more with one clear line, instead of answering wrongly after the window."""
+    from engine.formats.hf_folder import context_length
+
+    config = llama_config(model_type="mistral", architectures=["MistralForCausalLM"],
+                          sliding_window=16, max_position_embeddings=128)
+    folder = write_folder(tmp_path / "mistral", config, llama_weights(config))
+    assert context_length(config) == 16
+    assert context_length({**config, "use_sliding_window": False}) == 128
+    loaded = load_model(folder)
+    net = build_model(loaded.config, loaded.weights)
+    assert net.max_positions == 16
+    tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17])
+    ours = net.forward(tokens, net.new_cache(16), 0, all_logits=True)
+    reference = mlx_logits(folder, tokens)  # mlx-lm: full attention, equal within the window
+    assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-4
+
+
+def test_context_length_reads_every_key_models_use() -> None:
+    from engine.formats.hf_folder import context_length
+
+    assert context_length({"n_positions": 512, "n_ctx": 1024}) == 512  # GPT-2
+    assert context_length({"max_position_embeddings": 8192}) == 8192
+    assert context_length({"seq_length": 2048}) == 2048
+    assert context_length({"max_position_embeddings": 32768, "sliding_window": 4096,
+                           "use_sliding_window": False}) == 32768  # Qwen2: window off
+    assert context_length({}) is None
