@@ -106,6 +106,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
             out = {
                 "text": generation.text,
                 "model": info.name,
+                "chat_template": info.chat_template_source,
                 **_metrics_fields(metrics.to_dict()),
             }
             print(json.dumps(out, ensure_ascii=False))

@@ -112,3 +112,18 @@ def test_a_gguf_without_a_template_gets_its_familys_and_stops_at_its_end_of_turn
         assert reply == "" and stats.finish_reason == "stop"  # stopped at <end_of_turn>
     finally:
         backend.unload()
+
+
+def test_ask_json_names_the_template_and_the_reply_holds_no_template_markup(
+    gemma_like: Path,
+) -> None:
+    import json
+
+    from tests.support.cli import run_lampchat
+
+    result = run_lampchat("ask", "--json", "-m", str(gemma_like), "--backend", "llama.cpp",
+                          "--temperature", "0", "-n", "8", "Name three colours.")
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["chat_template"] == "built-in (gemma)"
+    assert reply["text"] == "" and reply["finish_reason"] == "stop"
