@@ -11,9 +11,8 @@ import gguf
 import numpy as np
 import pytest
 
-from engine.formats.loader import load_model
-from engine.native import build_model
 from tests.support.cli import REPO
+from tests.support.references import llama_cpp_logits, native_logits
 from tests.support.synthetic import synthetic_gguf
 
 pytestmark = [pytest.mark.slow]
@@ -21,24 +20,6 @@ pytestmark = [pytest.mark.slow]
 
 synthetic = synthetic_gguf()
 PROMPT = b"Hello, how are you doing today?"
-
-
-def llama_cpp_logits(path: Path) -> tuple[list[int], np.ndarray]:
-    import llama_cpp  # loads llama.cpp's native library
-
-    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
-    try:
-        ids = llm.tokenize(PROMPT, add_bos=False, special=False)
-        llm.eval(ids)
-        return ids, np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-
-
-def native_logits(path: Path, ids: list[int]) -> np.ndarray:
-    loaded = load_model(path)
-    net = build_model(loaded.config, loaded.weights)
-    return net.forward(np.array(ids), net.new_cache(64), 0, all_logits=True)
 
 
 @pytest.mark.parametrize(("quant", "tolerance"), [
@@ -50,7 +31,7 @@ def test_tiny_preset_runs_alike_in_llama_cpp_and_native(tmp_path: Path, quant: s
                                                        tolerance: float) -> None:
     path = synthetic.write("tiny", quant, tmp_path / f"tiny-{quant}.gguf", seed=1,
                            progress=False)
-    ids, ref = llama_cpp_logits(path)
+    ids, ref = llama_cpp_logits(path, PROMPT)
     ours = native_logits(path, ids)
     assert ours.shape == ref.shape == (len(ids), synthetic.PRESETS["tiny"].vocab)
     assert np.abs(ref).max() > 0.1  # the random weights reach the logits
@@ -90,7 +71,7 @@ def test_a_7b_preset_has_7b_parameters_and_a_qwen2_file_runs_in_llama_cpp(
     n = sum(int(np.prod(s)) for _n, s, _r in synthetic.tensors(synthetic.PRESETS["llama-7b"]))
     assert 6.7e9 < n < 6.8e9  # Llama-2 7B: 6.74 B
     path = synthetic.write("tiny-qwen2", "Q8_0", tmp_path / "qwen2.gguf", progress=False)
-    ids, logits = llama_cpp_logits(path)
+    ids, logits = llama_cpp_logits(path, PROMPT)
     assert logits.shape == (len(ids), synthetic.PRESETS["tiny-qwen2"].vocab)
     assert np.isfinite(logits).all()
 

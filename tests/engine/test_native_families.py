@@ -12,28 +12,11 @@ import pytest
 from engine.errors import ModelLoadError
 from engine.formats.loader import load_model
 from engine.native import build_model
+from tests.support.references import llama_cpp_logits, native_logits
 from tests.support.tiny_gguf import write_gpt2_gguf
 from tests.support.tiny_models import llama_config, llama_weights, mlx_logits, write_folder
 
 PROMPT = b"The lighthouse keeper climbed the stairs at dusk"
-
-
-def llama_cpp_logits(path: Path) -> tuple[list[int], np.ndarray]:
-    import llama_cpp  # loads llama.cpp's native library
-
-    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
-    try:
-        ids = llm.tokenize(PROMPT, add_bos=False, special=False)
-        llm.eval(ids)
-        return ids, np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
-
-
-def native_logits(path: Path, ids: list[int]) -> np.ndarray:
-    loaded = load_model(path)
-    net = build_model(loaded.config, loaded.weights)
-    return net.forward(np.array(ids), net.new_cache(128), 0, all_logits=True)
 
 
 def assert_same_logits(ours: np.ndarray, ref: np.ndarray, tolerance: float = 1e-3) -> None:
@@ -51,7 +34,7 @@ def assert_same_logits(ours: np.ndarray, ref: np.ndarray, tolerance: float = 1e-
 def test_gpt2_head_tied_or_not_matches_llama_cpp(tmp_path: Path, untied: bool) -> None:
     path = write_gpt2_gguf(tmp_path / f"gpt2-{untied}.gguf", untied=untied)
     assert load_model(path).config["tie_word_embeddings"] is (not untied)
-    ids, ref = llama_cpp_logits(path)
+    ids, ref = llama_cpp_logits(path, PROMPT)
     ours = native_logits(path, ids)
     assert_same_logits(ours, ref)
 
