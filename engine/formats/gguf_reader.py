@@ -18,8 +18,12 @@ from engine.formats.gguf_file import GGUFFile
 
 Progress = Callable[[float, str], None]
 
-LLAMA_ARCHES = ("llama",)
-"""GGUF architectures laid out like LLaMA (RMSNorm, RoPE, GQA, SwiGLU)."""
+LLAMA_ARCHES = ("llama", "qwen2", "qwen3")
+"""GGUF architectures laid out like LLaMA (RMSNorm, RoPE, GQA, SwiGLU); their HF model_type is
+the same name. Only "llama" has its q/k rows permuted by the converter."""
+
+_HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+               "qwen3": "Qwen3ForCausalLM"}
 
 _LLAMA_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -35,6 +39,8 @@ _LLAMA_BLOCK = {
     "attn_q.bias": "self_attn.q_proj.bias",
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -175,8 +181,8 @@ class GGUFModel:
             n_head = int(self._need("attention.head_count"))
             hidden = int(self._need("embedding_length"))
             cfg: dict[str, Any] = {
-                "architectures": ["LlamaForCausalLM"],
-                "model_type": "llama",
+                "architectures": [_HF_CLASSES[arch]],
+                "model_type": arch,
                 "hidden_size": hidden,
                 "num_hidden_layers": int(self._need("block_count")),
                 "num_attention_heads": n_head,
@@ -196,6 +202,9 @@ class GGUFModel:
             factor = self.arch_field("rope.scaling.factor")
             if scaling and scaling != "none" and factor:
                 cfg["rope_scaling"] = {"rope_type": str(scaling), "factor": float(factor)}
+            freqs = next((t for t in self.file.tensors if t.name == "rope_freqs.weight"), None)
+            if freqs is not None:  # Llama 3.1+: RoPE frequency factors, as llama.cpp applies them
+                cfg["rope_freq_factors"] = [float(v) for v in self.file.array(freqs).ravel()]
         elif arch == "gpt2":
             cfg = {
                 "architectures": ["GPT2LMHeadModel"],
@@ -214,7 +223,7 @@ class GGUFModel:
         else:
             raise ModelLoadError(
                 f"GGUF architecture {arch or '(none)'!r} is not supported by the native loader "
-                f"(supported: llama, gpt2): {self.path}"
+                f"(supported: {', '.join(LLAMA_ARCHES)}, gpt2): {self.path}"
             )
         if bos is not None:
             cfg["bos_token_id"] = int(bos)
@@ -259,6 +268,8 @@ class GGUFModel:
         total = sum(t.n_bytes for t in tensors) or 1
         done = 0
         for t in tensors:
+            if t.name == "rope_freqs.weight":  # read into the config (rope_freq_factors)
+                continue
             hf = self.hf_name(t.name)
             if hf is None:
                 raise ModelLoadError(

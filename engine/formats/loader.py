@@ -110,6 +110,10 @@ def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.floa
     )
 
 
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+"""config.json model types whose weights this loader reads (engine.native decides what runs)."""
+
+
 def load_hf(
     path: Path, progress: Progress | None = None, dtype: Any = np.float32,
     fmt: str = "safetensors",
@@ -119,10 +123,10 @@ def load_hf(
     folder = path if path.is_dir() else path.parent
     config = hf_folder.read_config(folder)
     model_type = config.get("model_type")
-    if model_type not in ("llama", "gpt2", "mistral"):
+    if model_type not in HF_MODEL_TYPES:
         raise ModelLoadError(
             f"model_type {model_type!r} is not supported by the native loader "
-            f"(supported: llama, gpt2): {folder}"
+            f"(supported: {', '.join(HF_MODEL_TYPES)}): {folder}"
         )
     files = [path] if path.is_file() else _weight_files(folder, fmt)
     if not files:

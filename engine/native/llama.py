@@ -47,6 +47,10 @@ class LlamaConfig:
     tie_word_embeddings: bool
     attention_bias: bool
     mlp_bias: bool
+    qk_norm: bool = False
+    """Per-head RMSNorm of q and k before RoPE (Qwen3)."""
+    rope_freq_factors: tuple[float, ...] | None = None
+    """RoPE frequency divisors per dimension pair (a GGUF's `rope_freqs.weight`, Llama 3.1+)."""
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
@@ -80,6 +84,9 @@ class LlamaConfig:
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
+            qk_norm=bool(config.get("qk_norm", False)),
+            rope_freq_factors=tuple(config["rope_freq_factors"])
+            if config.get("rope_freq_factors") else None,
         )
 
 
@@ -110,6 +117,11 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     """Inverse frequencies for RoPE, with "linear" or "llama3" scaling when configured."""
     hd = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    if cfg.rope_freq_factors is not None:
+        if len(cfg.rope_freq_factors) != hd // 2:
+            raise ModelLoadError(f"rope_freqs has {len(cfg.rope_freq_factors)} factors; the "
+                                 f"head dimension {hd} needs {hd // 2}")
+        return inv / np.asarray(cfg.rope_freq_factors, dtype=np.float64)
     scaling = cfg.rope_scaling
     if not scaling:
         return inv
@@ -153,6 +165,8 @@ class LlamaLayer:
     b_gate_up: Any
     w_down: Any
     b_down: Any
+    q_norm: Any = None
+    k_norm: Any = None
 
 
 class LlamaModel(NativeModel):
@@ -206,6 +220,9 @@ class LlamaModel(NativeModel):
                 "w_down": take(weights, p + "mlp.down_proj.weight", (d, cfg.intermediate_size)),
                 "b_down": b_down,
             }
+            if cfg.qk_norm:
+                parts["q_norm"] = take(weights, attn + "q_norm.weight", (hd,))
+                parts["k_norm"] = take(weights, attn + "k_norm.weight", (hd,))
             n_params += count_params(*parts.values())
             self.layers.append(
                 LlamaLayer(**{k: None if w is None else ops.prepare(w) for k, w in parts.items()})
@@ -256,6 +273,12 @@ class LlamaModel(NativeModel):
         n_q, n_kv = cfg.n_heads, cfg.n_kv_heads
         h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
         qkv = ops.linear(h, layer.wqkv, layer.bqkv)
+        if layer.q_norm is not None:  # per-head RMSNorm of q and k (Qwen3)
+            q_end, k_end = n_q * hd, (n_q + n_kv) * hd
+            qkv[:, :q_end] = ops.rms_norm(qkv[:, :q_end].reshape(t * n_q, hd), layer.q_norm,
+                                          cfg.rms_norm_eps).reshape(t, q_end)
+            qkv[:, q_end:k_end] = ops.rms_norm(qkv[:, q_end:k_end].reshape(t * n_kv, hd),
+                                               layer.k_norm, cfg.rms_norm_eps).reshape(t, -1)
         qk = ops.apply_rope(qkv[:, : (n_q + n_kv) * hd].reshape(t, n_q + n_kv, hd), cos, sin)
         values = qkv[:, (n_q + n_kv) * hd :].reshape(t, n_kv, hd)
         ops.store_kv(cache, i, start, qk[:, n_q:], values)

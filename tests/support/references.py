@@ -12,10 +12,12 @@ from engine.native import build_model
 
 
 def llama_cpp_logits(path: Path, prompt: bytes) -> tuple[list[int], np.ndarray]:
-    """(prompt ids, logits at every position) from llama.cpp with `logits_all=True`."""
+    """(prompt ids, logits at every position) from llama.cpp with `logits_all=True` and a
+    float32 KV cache (its default, float16, alone puts it about 1e-3 off)."""
     import llama_cpp  # loads llama.cpp's native library
 
-    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2)
+    llm = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=2,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     try:
         ids = llm.tokenize(prompt, add_bos=False, special=False)
         llm.eval(ids)

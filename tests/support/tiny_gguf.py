@@ -21,10 +21,18 @@ def bundled_tokenizer() -> dict[str, object]:
 
 def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
                      template: str | None = None, zero_logits: bool = False,
-                     seed: int = 0) -> Path:
-    """A 1-layer LLaMA (d=64) with the bundled tokenizer. `renames`: token id -> new text
-    (made a control token); `template`: the chat template to embed (None: none);
-    `zero_logits`: the final norm is zero, so every logit is 0 and greedy picks token 0."""
+                     seed: int = 0, arch: str = "llama", layers: int = 1,
+                     head_dim: int | None = None, qkv_bias: bool = False,
+                     qk_norm: bool = False, rope_freqs: bool = False,
+                     untied: bool = False) -> Path:
+    """A small LLaMA-layout GGUF (d=64, 4 heads, 2 kv heads) with the bundled tokenizer, written
+    as llama.cpp's converter writes `arch` ("llama", "qwen2", "qwen3").
+
+    `renames`: token id -> new text (made a control token); `template`: the chat template to
+    embed (None: none); `zero_logits`: the final norm is zero, so every logit is 0 and greedy
+    picks token 0; `head_dim`: other than d/heads (written as attention.key_length);
+    `qkv_bias`, `qk_norm`, `rope_freqs` (Llama 3.1's frequency factors), `untied`: those
+    tensors too."""
     tok = bundled_tokenizer()
     tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
     types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
@@ -32,16 +40,20 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
         tokens[i] = text
         types[i] = int(gguf.TokenType.CONTROL)
     vocab, d, heads, kv, ff = len(tokens), 64, 4, 2, 128
-    writer = gguf.GGUFWriter(path, "llama")
+    hd = head_dim or d // heads
+    writer = gguf.GGUFWriter(path, arch)
     writer.add_context_length(256)
     writer.add_embedding_length(d)
-    writer.add_block_count(1)
+    writer.add_block_count(layers)
     writer.add_feed_forward_length(ff)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_dimension_count(d // heads)
+    writer.add_rope_dimension_count(hd)
+    if head_dim:
+        writer.add_key_length(hd)
+        writer.add_value_length(hd)
     writer.add_vocab_size(vocab)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
@@ -55,21 +67,34 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
         writer.add_chat_template(template)
     rng = np.random.default_rng(seed)
 
-    def rand(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+    def rand(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
 
-    writer.add_tensor("token_embd.weight", rand(vocab, d))
-    writer.add_tensor("blk.0.attn_norm.weight", np.ones(d, np.float32))
-    writer.add_tensor("blk.0.attn_q.weight", rand(d, d))
-    writer.add_tensor("blk.0.attn_k.weight", rand(kv * d // heads, d))
-    writer.add_tensor("blk.0.attn_v.weight", rand(kv * d // heads, d))
-    writer.add_tensor("blk.0.attn_output.weight", rand(d, d))
-    writer.add_tensor("blk.0.ffn_norm.weight", np.ones(d, np.float32))
-    writer.add_tensor("blk.0.ffn_gate.weight", rand(ff, d))
-    writer.add_tensor("blk.0.ffn_up.weight", rand(ff, d))
-    writer.add_tensor("blk.0.ffn_down.weight", rand(d, ff))
-    norm = np.zeros(d, np.float32) if zero_logits else np.ones(d, np.float32)
+    writer.add_tensor("token_embd.weight", rand(vocab, d, scale=0.3))
+    if rope_freqs:
+        writer.add_tensor("rope_freqs.weight", rng.uniform(1.0, 8.0, hd // 2).astype(np.float32))
+    for i in range(layers):
+        b = f"blk.{i}."
+        writer.add_tensor(b + "attn_norm.weight", 1 + rand(d))
+        writer.add_tensor(b + "attn_q.weight", rand(heads * hd, d, scale=0.2))
+        writer.add_tensor(b + "attn_k.weight", rand(kv * hd, d, scale=0.2))
+        writer.add_tensor(b + "attn_v.weight", rand(kv * hd, d, scale=0.2))
+        if qkv_bias:
+            writer.add_tensor(b + "attn_q.bias", rand(heads * hd, scale=0.5))
+            writer.add_tensor(b + "attn_k.bias", rand(kv * hd, scale=0.5))
+            writer.add_tensor(b + "attn_v.bias", rand(kv * hd, scale=0.5))
+        if qk_norm:
+            writer.add_tensor(b + "attn_q_norm.weight", 1 + rand(hd, scale=0.3))
+            writer.add_tensor(b + "attn_k_norm.weight", 1 + rand(hd, scale=0.3))
+        writer.add_tensor(b + "attn_output.weight", rand(d, heads * hd, scale=0.2))
+        writer.add_tensor(b + "ffn_norm.weight", 1 + rand(d))
+        writer.add_tensor(b + "ffn_gate.weight", rand(ff, d, scale=0.2))
+        writer.add_tensor(b + "ffn_up.weight", rand(ff, d, scale=0.2))
+        writer.add_tensor(b + "ffn_down.weight", rand(d, ff, scale=0.2))
+    norm = np.zeros(d, np.float32) if zero_logits else 1 + rand(d)
     writer.add_tensor("output_norm.weight", norm)
+    if untied:
+        writer.add_tensor("output.weight", rand(vocab, d, scale=0.3))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
