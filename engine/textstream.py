@@ -70,13 +70,16 @@ def token_pieces(
     decoder = DecodeStream(skip_special_tokens=True)
     stops = StopMatcher(stop)
     pending = 0
+    unfinished: list[int] = []  # tokens whose bytes complete no character yet
     hit = False
     try:
         for token in ids:
             pending += 1
             text = decoder.step(tokenizer, token)
             if not text:
+                unfinished.append(token)
                 continue
+            unfinished.clear()
             out, hit = stops.feed(text)
             if out:
                 yield Piece(out, pending)
@@ -85,6 +88,13 @@ def token_pieces(
                 break
     finally:
         ids.close()  # type: ignore[attr-defined]
+    if unfinished and not hit:  # bytes of a character the reply ended inside: U+FFFD, as
+        # llama.cpp's backend and Python's decoder give
+        text = tokenizer.decode(unfinished, skip_special_tokens=True)
+        out, hit = stops.feed(text)
+        if out:
+            yield Piece(out, pending)
+            pending = 0
     tail = "" if hit else stops.flush()
     if tail or pending:
         yield Piece(tail, pending)
