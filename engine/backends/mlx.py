@@ -137,6 +137,22 @@ def mlx_info() -> dict[str, Any] | None:
     return info
 
 
+def mlx_overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """Config keys mlx-lm must be given explicitly: transformers v5 writes RoPE's base and
+    scaling under `rope_parameters`, which mlx-lm 0.32 does not read (it would run the
+    default base of 10,000 and answer wrong text with no warning)."""
+    params = config.get("rope_parameters")
+    if not isinstance(params, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if "rope_theta" not in config and "rope_theta" in params:
+        out["rope_theta"] = params["rope_theta"]
+    kind = params.get("rope_type", params.get("type", "default"))
+    if "rope_scaling" not in config and kind != "default":
+        out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    return out
+
+
 class MLXBackend(Backend):
     """Runs HF-style folders with mlx-lm; one model at a time, generation on the engine thread."""
 
@@ -219,7 +235,7 @@ class MLXBackend(Backend):
         try:
             if device != mx.default_device():
                 mx.set_default_device(device)
-            net, mlx_tokenizer = mlx_lm.load(str(folder))
+            net, mlx_tokenizer = mlx_lm.load(str(folder), model_config=mlx_overrides(config))
         except LampchatError:
             raise
         except Exception as exc:  # mlx-lm raises ValueError/KeyError/FileNotFoundError...

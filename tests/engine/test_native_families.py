@@ -146,3 +146,32 @@ def test_qwen_folders_match_mlx_lm(tmp_path: Path, model_type: str) -> None:
     ours = net.forward(tokens, net.new_cache(64), 0, all_logits=True)
     assert_same_logits(ours, mlx_logits(folder, tokens))
     assert "native" in readers("safetensors", model_type)
+
+
+def test_mlx_lm_is_given_the_rope_base_transformers_v5_writes_under_rope_parameters(
+    tmp_path: Path,
+) -> None:
+    """mlx-lm reads `rope_theta` only; a transformers-v5 config puts it in `rope_parameters`.
+    Read plainly, mlx-lm runs RoPE with base 10,000 and gets other logits; with the keys the
+    MLX backend passes on (`mlx_overrides`) it matches the old layout and the native engine."""
+    from engine.backends.mlx import mlx_overrides
+    from tests.support.tiny_models import mlx_modules
+
+    mx, mlx_utils = mlx_modules()
+    old = llama_config(rope_theta=500.0)
+    v5 = {k: v for k, v in old.items() if k != "rope_theta"}
+    v5["rope_parameters"] = {"rope_type": "default", "rope_theta": 500.0}
+    assert mlx_overrides(v5) == {"rope_theta": 500.0} and mlx_overrides(old) == {}
+    tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7])
+    reference = mlx_logits(write_folder(tmp_path / "old", old, llama_weights(old)), tokens)
+    folder = write_folder(tmp_path / "v5", v5, llama_weights(v5))
+
+    def mlx_v5(overrides: dict) -> np.ndarray:
+        model, _ = mlx_utils.load_model(folder, model_config=overrides)
+        return np.array(model(mx.array(tokens[None].astype(np.int32)))[0].astype(mx.float32))
+
+    assert np.abs(mlx_v5({}) - reference).max() > 1e-2  # mlx-lm alone: silently wrong
+    assert_same_logits(mlx_v5(mlx_overrides(v5)), reference)
+    loaded = load_model(folder)
+    net = build_model(loaded.config, loaded.weights)
+    assert_same_logits(net.forward(tokens, net.new_cache(32), 0, all_logits=True), reference)
