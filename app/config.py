@@ -193,6 +193,7 @@ class Config:
             n_threads=threads or None,
             n_gpu_layers=None if gpu_layers < 0 else gpu_layers,
             device=self.get("backend.device"),
+            chat_template=self.get("model.chat_template"),
         )
 
     def model(self) -> str | None:

@@ -159,6 +159,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
               "Folders scanned for models (the model picker lists them)."),
         Field("model", "cache_dir", str, "",
               "Where converted and downloaded models are cached. Empty: the platform cache dir."),
+        Field("model", "chat_template", str, "",
+              "Chat template to use instead of the model's own: a built-in name (chatml, "
+              "llama3, gemma, phi3, mistral-v3, llama2, plain) or the path of a Jinja file. "
+              "Empty: the model's own, else the built-in one for its family."),
     ),
     "generation": _fields(
         Field("generation", "max_tokens", int, 512, "Most tokens in one reply.", min=1,

@@ -80,6 +80,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         "--device", type=_device, metavar="DEV",
         help="auto, cpu, gpu, cuda, metal, opencl, ... or KIND:N (see `lampchat devices`)",
     )
+    group.add_argument(
+        "--chat-template", metavar="NAME|FILE",
+        help="chat template instead of the model's: chatml, llama3, gemma, phi3, mistral-v3, "
+             "llama2, plain, or a Jinja file",
+    )
     add_remote_options(parser)
 
 
@@ -161,6 +166,8 @@ def load_settings_from_args(
         settings.n_gpu_layers = args.gpu_layers
     if getattr(args, "device", None) is not None:
         settings.device = args.device
+    if getattr(args, "chat_template", None):
+        settings.chat_template = args.chat_template
     from app.remote_catalog import remote_options_from_args  # here: loads httpx only when run
 
     remote = remote_options_from_args(args, config)

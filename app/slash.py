@@ -30,7 +30,8 @@ Action = Literal["clear", "load_model", "show_model", "load_conversation", "syst
                  "quit", "settings"]
 
 RELOAD_KEYS = frozenset({"backend.default", "backend.device", "backend.threads",
-                         "backend.gpu_layers", "generation.context_length", "model.default"})
+                         "backend.gpu_layers", "generation.context_length", "model.default",
+                         "model.chat_template"})
 """Keys that take effect only when the model is (re)loaded."""
 
 ALIASES = {

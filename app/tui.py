@@ -53,7 +53,8 @@ SAMPLING_KEYS = frozenset({"temperature", "top_k", "top_p", "min_p", "repeat_pen
                            "max_tokens", "seed"})
 """[generation] keys that are SamplingParams fields of the same name."""
 LOAD_KEYS = {"generation.context_length": "n_ctx", "backend.threads": "n_threads",
-             "backend.gpu_layers": "n_gpu_layers", "backend.device": "device"}
+             "backend.gpu_layers": "n_gpu_layers", "backend.device": "device",
+             "model.chat_template": "chat_template"}
 """Config keys -> LoadSettings fields (used from the next model load)."""
 EXIT_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                      if hasattr(signal, n))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -135,6 +136,34 @@ def end_of_turn_ids(template: ChatTemplate, token_id: Callable[[str], int | None
         if text in template.template and (i := token_id(text)) is not None and i not in ids:
             ids.append(i)
     return ids
+
+
+MAX_TEMPLATE_FILE = 1 << 20
+"""The largest chat template file read (real ones are a few KB)."""
+
+
+def chosen_template(own: ChatTemplate, choice: str) -> ChatTemplate:
+    """`own` (the model's template), or the one `choice` names instead: a built-in name or
+    the path of a Jinja file (`--chat-template`, `model.chat_template`)."""
+    choice = choice.strip()
+    if not choice:
+        return own
+    if choice in BUILTINS:
+        return ChatTemplate(f"chosen ({choice})", BUILTINS[choice].template, own.bos_token,
+                            own.eos_token)
+    path = Path(choice).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"chat template {choice!r} is neither a built-in "
+                             f"({', '.join(BUILTINS)}) nor a file")
+    try:
+        if path.stat().st_size > MAX_TEMPLATE_FILE:
+            raise ModelLoadError(f"chat template file {path} is over 1 MB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"cannot read chat template file {path}: {exc}") from None
+    template = ChatTemplate(f"file {path}", text, own.bos_token, own.eos_token)
+    _compile(text)  # a template that is not valid Jinja fails here, at load
+    return template
 
 
 def fallback_template(arch: str | None, vocabulary: Collection[str], bos: str,

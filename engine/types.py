@@ -71,6 +71,8 @@ class LoadSettings:
     n_threads: int | None = None
     n_gpu_layers: int | None = None
     device: str = "auto"
+    chat_template: str = ""
+    """A built-in template name or a Jinja file to use instead of the model's ("": its own)."""
     options: dict[str, Any] = field(default_factory=dict)
 
 

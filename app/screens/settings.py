@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 RELOAD_KEYS = frozenset({
     "backend.default", "backend.device", "backend.fallback", "backend.threads",
-    "backend.gpu_layers", "generation.context_length", "remote.default",
+    "backend.gpu_layers", "generation.context_length", "remote.default", "model.chat_template",
 })
 """Keys that take effect when the model is loaded again."""
 RESTART_KEYS = frozenset({

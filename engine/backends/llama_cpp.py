@@ -15,7 +15,12 @@ from typing import Any
 import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_template
+from engine.chat_template import (
+    ChatTemplate,
+    chosen_template,
+    end_of_turn_ids,
+    fallback_template,
+)
 from engine.devices import (
     KIND_LABELS,
     BackendSupport,
@@ -286,6 +291,7 @@ class LlamaCppBackend(Backend):
         else:
             arch = str(parsed.fields.get("general.architecture") or "")
             self._template = fallback_template(arch, set(tokens), bos, eos)
+        self._template = chosen_template(self._template, settings.chat_template)
         source = self._template.source
         index = {t: i for i, t in enumerate(tokens)}
         self._end_of_turn = frozenset(end_of_turn_ids(self._template, index.get))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends.base import Backend, ProgressCallback, at_thread_exit, check_context
-from engine.chat_template import ChatTemplate, encode_prompt
+from engine.chat_template import ChatTemplate, chosen_template, encode_prompt
 from engine.devices import (
     KIND_LABELS,
     BackendSupport,
@@ -243,7 +243,8 @@ class MLXBackend(Backend):
             raise ModelLoadError(f"mlx-lm cannot load {folder}: {text}") from exc
         report(0.85, "loading tokenizer")
         tokenizer = load_tokenizer_json(folder / "tokenizer.json")
-        template = hf_folder.chat_template(folder, config, tokenizer)
+        template = chosen_template(hf_folder.chat_template(folder, config, tokenizer),
+                                   settings.chat_template)
         eos = set(hf_folder.eos_token_ids(folder, config, tokenizer, template))
         for token_id in eos:
             mlx_tokenizer.add_eos_token(str(token_id))

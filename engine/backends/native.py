@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import ChatTemplate, encode_prompt
+from engine.chat_template import ChatTemplate, chosen_template, encode_prompt, end_of_turn_ids
 from engine.devices import BackendSupport, Hardware, dist_version
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
@@ -132,8 +132,9 @@ class NativeBackend(Backend):
         n_ctx = min(settings.n_ctx or net.max_positions, net.max_positions)
         self._generator = Generator(net, n_ctx)
         self._tokenizer = loaded.tokenizer
-        self._template = loaded.template
+        template = self._template = chosen_template(loaded.template, settings.chat_template)
         eos = set(loaded.eos_token_ids)
+        eos.update(end_of_turn_ids(template, loaded.tokenizer.token_to_id))
         if not eos and loaded.template.eos_token:
             eos_id = loaded.tokenizer.token_to_id(loaded.template.eos_token)
             eos |= {eos_id} if eos_id is not None else set()
@@ -154,7 +155,7 @@ class NativeBackend(Backend):
             n_params=net.n_params,
             context_length=n_ctx,
             file_size=_file_size(path),
-            chat_template_source=loaded.template.source,
+            chat_template_source=template.source,
         )
         del loaded
         trim_heap()

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 from engine.backends.base import Backend, ProgressCallback, check_context
-from engine.chat_template import ChatTemplate, encode_prompt
+from engine.chat_template import ChatTemplate, chosen_template, encode_prompt
 from engine.devices import BackendSupport, Hardware, dist_version, is_apple_silicon, probe_cache
 from engine.errors import (
     BackendUnavailableError,
@@ -257,7 +257,8 @@ class OnnxBackend(Backend):
         report(0.9, "reading the tokenizer")
         self._check_signature(session, file, config)
         tokenizer = load_tokenizer_json(folder / "tokenizer.json")
-        template = hf_folder.chat_template(folder, config, tokenizer)
+        template = chosen_template(hf_folder.chat_template(folder, config, tokenizer),
+                                   settings.chat_template)
         self._ort = ort
         self._session = session
         self._tokenizer = tokenizer

@@ -127,3 +127,30 @@ def test_ask_json_names_the_template_and_the_reply_holds_no_template_markup(
     reply = json.loads(result.stdout)
     assert reply["chat_template"] == "built-in (gemma)"
     assert reply["text"] == "" and reply["finish_reason"] == "stop"
+
+
+def test_the_template_can_be_chosen_by_name_file_or_config(tmp_path: Path) -> None:
+    """`--chat-template NAME|FILE` and `model.chat_template` replace the model's template in
+    every backend; a name that is neither a built-in nor a file is one clear line."""
+    import json
+
+    from tests.support.cli import run_lampchat
+
+    def ask(*args: str, env: dict[str, str] | None = None) -> dict:
+        result = run_lampchat("ask", "--json", "--temperature", "0", "-n", "4", *args, "Hi",
+                              env=env)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert ask()["chat_template"] == "gguf"  # the bundled model's own
+    assert ask("--chat-template", "llama3")["chat_template"] == "chosen (llama3)"
+    jinja = tmp_path / "mine.jinja"
+    jinja.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    assert ask(env={"LAMPCHAT_MODEL__CHAT_TEMPLATE": str(jinja)})["chat_template"] == \
+        f"file {jinja}"
+    assert ask("--backend", "native", "--chat-template", "plain")["chat_template"] == \
+        "chosen (plain)"
+    bad = run_lampchat("ask", "--chat-template", "no-such-template", "Hi")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert "chat template 'no-such-template' is neither a built-in" in bad.stderr
