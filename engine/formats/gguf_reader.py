@@ -18,12 +18,16 @@ from engine.formats.gguf_file import GGUFFile
 
 Progress = Callable[[float, str], None]
 
-LLAMA_ARCHES = ("llama", "qwen2", "qwen3")
+LLAMA_ARCHES = ("llama", "qwen2", "qwen3", "phi3")
 """GGUF architectures laid out like LLaMA (RMSNorm, RoPE, GQA, SwiGLU); their HF model_type is
 the same name. Only "llama" has its q/k rows permuted by the converter."""
 
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM"}
+               "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+_PHI3_BLOCK = {  # Phi-3 keeps q/k/v and gate/up fused, in GGUF as in HF
+    "attn_qkv.weight": "self_attn.qkv_proj.weight",
+    "ffn_up.weight": "mlp.gate_up_proj.weight",
+}
 
 _LLAMA_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -202,6 +206,11 @@ class GGUFModel:
             factor = self.arch_field("rope.scaling.factor")
             if scaling and scaling != "none" and factor:
                 cfg["rope_scaling"] = {"rope_type": str(scaling), "factor": float(factor)}
+            window = self.arch_field("attention.sliding_window")
+            if window:
+                cfg["sliding_window"] = int(window)
+            if "rope_factors_long.weight" in names:  # Phi-3 128k: LongRoPE
+                cfg["rope_scaling"] = {"rope_type": "longrope"}
             freqs = next((t for t in self.file.tensors if t.name == "rope_freqs.weight"), None)
             if freqs is not None:  # Llama 3.1+: RoPE frequency factors, as llama.cpp applies them
                 cfg["rope_freq_factors"] = [float(v) for v in self.file.array(freqs).ravel()]
@@ -254,6 +263,8 @@ class GGUFModel:
         if name in top:
             return top[name]
         m = _BLOCK_RE.match(name)
+        if m and self.arch == "phi3" and m.group(2) in _PHI3_BLOCK:
+            return f"{prefix}.{m.group(1)}.{_PHI3_BLOCK[m.group(2)]}"
         if m and m.group(2) in block:
             return f"{prefix}.{m.group(1)}.{block[m.group(2)]}"
         return None
@@ -268,7 +279,8 @@ class GGUFModel:
         total = sum(t.n_bytes for t in tensors) or 1
         done = 0
         for t in tensors:
-            if t.name == "rope_freqs.weight":  # read into the config (rope_freq_factors)
+            if t.name in ("rope_freqs.weight", "rope_factors_long.weight",
+                          "rope_factors_short.weight"):  # read into the config (RoPE)
                 continue
             hf = self.hf_name(t.name)
             if hf is None:

@@ -1,4 +1,4 @@
-"""Lampchat's own numpy inference engine: LLaMA-family (LLaMA, Mistral, Qwen2, Qwen3) and
+"""Lampchat's own numpy inference engine: LLaMA-family (LLaMA, Mistral, Qwen2, Qwen3, Phi-3) and
 GPT-2 transformers with a KV cache.
 
 `build_model` picks the architecture from an HF `config.json` dict; `Generator` runs it.
@@ -12,7 +12,7 @@ from engine.errors import ModelLoadError
 from engine.native.base import BuildProgress, NativeModel, Weights
 from engine.native.ops import NumpyOps
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2")
 """The `model_type` values the native engine runs."""
 
 
@@ -39,6 +39,11 @@ def build_model(
         from engine.native.qwen3 import Qwen3Model
 
         return Qwen3Model(config, weights, ops, progress)
+    if model_type == "phi3":
+        # each family's module only when such a model is built
+        from engine.native.phi3 import Phi3Model
+
+        return Phi3Model(config, weights, ops, progress)
     if model_type == "gpt2":
         # each family's module only when such a model is built
         from engine.native.gpt2 import GPT2Model

@@ -101,6 +101,7 @@ def test_context_length_reads_every_key_models_use() -> None:
     ("llama-head-dim-32", {"layers": 2, "head_dim": 32}),
     ("qwen2", {"arch": "qwen2", "layers": 2, "qkv_bias": True}),
     ("qwen3", {"arch": "qwen3", "layers": 2, "qk_norm": True, "head_dim": 32}),
+    ("phi3", {"arch": "phi3", "layers": 2, "untied": True}),
 ])
 def test_llama_family_ggufs_match_llama_cpp(tmp_path: Path, name: str, options: dict) -> None:
     """F32 GGUFs of each LLaMA-layout family, written as llama.cpp's converter writes them
@@ -175,3 +176,31 @@ def test_mlx_lm_is_given_the_rope_base_transformers_v5_writes_under_rope_paramet
     loaded = load_model(folder)
     net = build_model(loaded.config, loaded.weights)
     assert_same_logits(net.forward(tokens, net.new_cache(32), 0, all_logits=True), reference)
+
+
+def test_phi3_folder_matches_mlx_lm(tmp_path: Path) -> None:
+    """Phi-3 (fused qkv_proj and gate_up_proj, untied head) as transformers writes it, against
+    mlx-lm's own Phi-3; and a 128k Phi-3 (LongRoPE) is refused by name."""
+    from engine.registry import readers
+
+    config = llama_config(model_type="phi3", architectures=["Phi3ForCausalLM"],
+                          tie_word_embeddings=False, sliding_window=None,
+                          original_max_position_embeddings=128)
+    weights = llama_weights(config)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        weights[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [weights.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+        weights[p + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [weights.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
+    folder = write_folder(tmp_path / "phi3", config, weights)
+    loaded = load_model(folder)
+    net = build_model(loaded.config, loaded.weights)
+    tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17])
+    ours = net.forward(tokens, net.new_cache(64), 0, all_logits=True)
+    assert_same_logits(ours, mlx_logits(folder, tokens))
+    assert "native" in readers("safetensors", "phi3")
+    longrope = {**config, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
+                                           "long_factor": [2.0] * 8}}
+    with pytest.raises(ModelLoadError, match="rope_scaling type 'longrope'"):
+        build_model(longrope, dict(weights))

@@ -76,9 +76,14 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     for i in range(layers):
         b = f"blk.{i}."
         writer.add_tensor(b + "attn_norm.weight", 1 + rand(d))
-        writer.add_tensor(b + "attn_q.weight", rand(heads * hd, d, scale=0.2))
-        writer.add_tensor(b + "attn_k.weight", rand(kv * hd, d, scale=0.2))
-        writer.add_tensor(b + "attn_v.weight", rand(kv * hd, d, scale=0.2))
+        q, k, v = (rand(heads * hd, d, scale=0.2), rand(kv * hd, d, scale=0.2),
+                   rand(kv * hd, d, scale=0.2))
+        if arch == "phi3":  # q/k/v fused, as Phi-3 is written
+            writer.add_tensor(b + "attn_qkv.weight", np.concatenate([q, k, v]))
+        else:
+            writer.add_tensor(b + "attn_q.weight", q)
+            writer.add_tensor(b + "attn_k.weight", k)
+            writer.add_tensor(b + "attn_v.weight", v)
         if qkv_bias:
             writer.add_tensor(b + "attn_q.bias", rand(heads * hd, scale=0.5))
             writer.add_tensor(b + "attn_k.bias", rand(kv * hd, scale=0.5))
@@ -88,8 +93,12 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
             writer.add_tensor(b + "attn_k_norm.weight", 1 + rand(hd, scale=0.3))
         writer.add_tensor(b + "attn_output.weight", rand(d, heads * hd, scale=0.2))
         writer.add_tensor(b + "ffn_norm.weight", 1 + rand(d))
-        writer.add_tensor(b + "ffn_gate.weight", rand(ff, d, scale=0.2))
-        writer.add_tensor(b + "ffn_up.weight", rand(ff, d, scale=0.2))
+        gate, up = rand(ff, d, scale=0.2), rand(ff, d, scale=0.2)
+        if arch == "phi3":  # gate and up fused, gate first
+            writer.add_tensor(b + "ffn_up.weight", np.concatenate([gate, up]))
+        else:
+            writer.add_tensor(b + "ffn_gate.weight", gate)
+            writer.add_tensor(b + "ffn_up.weight", up)
         writer.add_tensor(b + "ffn_down.weight", rand(d, ff, scale=0.2))
     norm = np.zeros(d, np.float32) if zero_logits else 1 + rand(d)
     writer.add_tensor("output_norm.weight", norm)
