@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib
 import logging
 import sys
@@ -43,9 +42,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit status; never shows a traceback."""
     setup_logging()
-    # per-thread library state (MLX streams) made on this thread must go before interpreter
-    # shutdown; at exit, not on return, so that a caller's thread keeps its own until then
-    atexit.register(run_thread_exit_hooks)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -65,3 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception("unexpected error")
         print(f"lampchat: unexpected error: {exc} (details in the log file)", file=sys.stderr)
         return 1
+    finally:
+        # per-thread library state (MLX streams) must go before the engine thread and the
+        # interpreter shut down: left to them, MLX aborts the process
+        run_thread_exit_hooks()

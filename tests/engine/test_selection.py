@@ -242,6 +242,9 @@ def test_format_errors_do_not_fall_back():
 
 def test_ask_prints_the_fallback_note_on_stderr(default_gguf, monkeypatch, test_backends,
                                                capsys):
+    # main() runs the thread-exit hooks on this thread as it returns; here that would tear down
+    # the MLX streams that other tests in this process made on it (mlx-lm references)
+    monkeypatch.setattr("app.cli.run_thread_exit_hooks", lambda: None)
     # gpu-oom reads GGUF (it is a llama.cpp subclass) and is listed first: preferred
     monkeypatch.setattr(registry, "BACKENDS", {"gpu-oom": registry.BACKENDS.pop("gpu-oom"),
                                                **registry.BACKENDS})
