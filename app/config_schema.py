@@ -66,6 +66,8 @@ class Field:
             for item in items:
                 if item not in self.choices:
                     raise ValueError(f"{item!r} is not allowed")
+        if self.type is float and not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
         if self.type in (int, float):
             low_bad = self.min is not None and (
                 value < self.min or (self.min_exclusive and value == self.min)

@@ -8,31 +8,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from app.config_schema import SCHEMA
 from app.history import Conversation
 from engine.devices import parse_device
 from engine.errors import LampchatError
 from engine.types import LoadSettings, SamplingParams
 
 
-def _ranged(
-    kind: Callable[[str], Any],
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-) -> Callable[[str], Any]:
+def _setting(dotted: str) -> Callable[[str], Any]:
+    """A flag read and checked as the config key `dotted` is (type, range, finite numbers):
+    one validation for flags, the environment, the config file and `/set`."""
+    field = SCHEMA[dotted.split(".")[0]][dotted.split(".")[1]]
+
     def parse(text: str) -> Any:
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if lo is not None and (value < lo or (lo_open and value == lo)):
-            bound = f"> {lo}" if lo_open else f">= {lo}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be {bound})")
-        if hi is not None and value > hi:
-            raise argparse.ArgumentTypeError(f"{text} is out of range (must be <= {hi})")
-        return value
+            return field.coerce(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}; allowed: {field.allowed()}") from None
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = field.type.__name__
     return parse
 
 
@@ -69,13 +63,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--backend", "-b", metavar="NAME", help="auto, llama.cpp, native, mlx, onnx or remote"
     )
-    group.add_argument("--threads", type=_ranged(int, 1), metavar="N", help="CPU threads")
-    group.add_argument(
-        "--ctx", type=_ranged(int, 0), metavar="N", help="context length (0: the model's)"
-    )
-    group.add_argument(
-        "--gpu-layers", type=_ranged(int, -1), metavar="N", help="layers to offload (-1: all)"
-    )
+    group.add_argument("--threads", type=_setting("backend.threads"), metavar="N",
+                       help="CPU threads (0: a number for this machine)")
+    group.add_argument("--ctx", type=_setting("generation.context_length"), metavar="N",
+                       help="context length (0: the model's)")
+    group.add_argument("--gpu-layers", type=_setting("backend.gpu_layers"), metavar="N",
+                       help="layers to offload (-1: all)")
     group.add_argument(
         "--device", type=_device, metavar="DEV",
         help="auto, cpu, gpu, cuda, metal, opencl, ... or KIND:N (see `lampchat devices`)",
@@ -122,13 +115,12 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
     """--system and the sampling settings."""
     group = parser.add_argument_group("generation")
     group.add_argument("--system", metavar="TEXT", help="system prompt")
-    group.add_argument("--temperature", "-t", type=_ranged(float, 0.0), metavar="T")
-    group.add_argument("--top-k", type=_ranged(int, 0), metavar="K")
-    group.add_argument("--top-p", type=_ranged(float, 0.0, 1.0, lo_open=True), metavar="P")
-    group.add_argument("--min-p", type=_ranged(float, 0.0, 1.0), metavar="P")
-    group.add_argument("--repeat-penalty", type=_ranged(float, 0.0, lo_open=True), metavar="R")
-    group.add_argument("--max-tokens", "-n", type=_ranged(int, 1), metavar="N")
-    group.add_argument("--seed", type=_ranged(int, 0), metavar="N")
+    for flag, key, meta in (("--temperature", "temperature", "T"), ("--top-k", "top_k", "K"),
+                            ("--top-p", "top_p", "P"), ("--min-p", "min_p", "P"),
+                            ("--repeat-penalty", "repeat_penalty", "R"),
+                            ("--max-tokens", "max_tokens", "N"), ("--seed", "seed", "N")):
+        short = {"temperature": ["-t"], "max_tokens": ["-n"]}.get(key, [])
+        group.add_argument(flag, *short, type=_setting(f"generation.{key}"), metavar=meta)
 
 
 def sampling_from_args(
@@ -148,6 +140,8 @@ def sampling_from_args(
         )
         if getattr(args, name, None) is not None
     }
+    if given.get("seed") == -1:  # as in the config: -1 picks a new seed each time
+        given["seed"] = None
     return replace(base or SamplingParams(), **given)
 
 

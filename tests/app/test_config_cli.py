@@ -62,3 +62,33 @@ def test_ask_starts_with_defaults_when_the_file_is_unparsable(tmp_path: Path) ->
     assert f"{path}:1:" in done.stderr and "not valid TOML" in done.stderr
     assert "Traceback" not in done.stderr
     assert path.read_text() == text  # never rewritten
+
+
+@pytest.mark.parametrize(("flag", "value", "says"), [
+    ("--temperature", "99", "99 is out of range; allowed: a number, >= 0 and <= 10"),
+    ("--temperature", "nan", "nan is not a finite number"),
+    ("--top-p", "inf", "inf is not a finite number"),
+    ("--threads", "1000000000", "out of range; allowed: an integer, >= 0 and <= 1024"),
+    ("--ctx", "1000000000", "out of range"),
+    ("--seed", "-2", "out of range"),
+])
+def test_flags_are_checked_like_the_config_keys(flag: str, value: str, says: str) -> None:
+    """One validation for flags, environment, config file and /set: the flag's range is its
+    config key's (config and /set allow a temperature of at most 10, so `ask` does too)."""
+    result = run_lampchat("ask", flag, value, "hi")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and says in lines[0]
+
+
+def test_a_non_finite_number_in_the_config_or_environment_is_refused(tmp_path) -> None:
+    from app.config import load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text("[generation]\ntemperature = nan\ntop_p = inf\n")
+    config = load_config(path, env={"LAMPCHAT_GENERATION__MIN_P": "nan"})
+    assert config.get("generation.temperature") == 0.7  # the default, with a warning
+    assert config.get("generation.top_p") == 0.95
+    assert config.get("generation.min_p") == 0.05
+    warnings = " ".join(config.warnings)
+    assert "temperature" in warnings and "not a finite number" in warnings
