@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from textual import events
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import TextArea
 
 NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter"})
@@ -50,6 +51,14 @@ class PromptInput(TextArea):
         """Earlier prompts, oldest first."""
         self._recall: int | None = None
         self._draft = ""
+
+    def render_line(self, y: int) -> Strip:
+        """A line of the input; blank while it has no width (Textual's TextArea wraps its
+        placeholder at the content width and fails at 0, e.g. with the conversation list and
+        the metrics panel open in an 80-column terminal)."""
+        if self.content_size.width <= 0:
+            return Strip.blank(self.size.width, self.rich_style)
+        return super().render_line(y)
 
     def add_to_history(self, text: str) -> None:
         """Remember `text` as the newest prompt (no consecutive duplicates)."""

@@ -1,0 +1,41 @@
+"""The TUI at small terminal sizes: nothing crashes, whatever is open."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.options import TuiOptions
+from app.tui import LampchatApp
+from app.tui_store import ChatStore
+from tests.support import scripted_backend
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch) -> LampchatApp:
+    scripted_backend.install(monkeypatch)
+    return LampchatApp(TuiOptions(model="scripted://demo", backend="scripted",
+                                  show_metrics=True), ChatStore())
+
+
+async def test_the_conversation_list_opens_at_80x24_with_the_metrics_panel(app) -> None:
+    """Ctrl+B at 80x24 with the metrics panel on left the prompt 0 columns wide, and Textual's
+    placeholder wrap failed on it ("range() arg 3 must not be zero"): the app exited."""
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+b")
+        await pilot.pause(0.3)
+        assert app.is_running and app.chat.query_one("#sidebar").display
+        await pilot.press("escape", "ctrl+b")  # closes it again
+        await pilot.pause(0.2)
+        assert app.is_running
+
+
+async def test_shrinking_the_terminal_with_the_list_open_down_to_40x12(app) -> None:
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("ctrl+b")
+        await pilot.pause(0.2)
+        for size in ((80, 24), (60, 20), (40, 12), (120, 40)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.2)
+            assert app.is_running, size
