@@ -26,8 +26,14 @@ def fsync_dir(folder: Path) -> None:
 def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
     """Replace `path` with `text` atomically: readers see the old file or the new one, never
     a half-written one. An existing file keeps its permissions; a new one gets `mode`
-    (default 0o600, since config files may hold API keys)."""
+    (default 0o600, since config files may hold API keys). A symbolic link is written through:
+    its target is replaced and the link stays."""
     path = Path(path)
+    if path.is_symlink():
+        try:
+            path = path.resolve()  # a dangling link's target is created
+        except RuntimeError:  # a loop of links
+            raise OSError(f"{path} is a loop of symbolic links") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(tmp_name)
