@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app import file_lock
 from app.config import load_config, save_config
 from app.history import load_conversation_file
 from app.history_store import HistoryStore
@@ -55,6 +56,7 @@ def build_app(args: argparse.Namespace) -> LampchatApp:
     save_history = getattr(args, "save_history", None)
     store = ChatStore(history, Path(save_history).expanduser() if save_history else None)
     if store.save_history is not None:
+        file_lock.hold(store.save_history)  # one writer at a time across processes
         store.check_save_target()
     app = LampchatApp(options, store)
     app.startup_warnings = list(config.warnings)

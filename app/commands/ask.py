@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app import file_lock
 from app.config import load_config
 from app.history import Message, load_conversation_file, new_conversation
 from app.history_store import ConversationWriter
@@ -69,6 +70,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
     conv.path = None
     writer.append(conv, Message("user", prompt))
     if args.save_history:  # written now: the prompt is kept whatever happens next
+        file_lock.hold(Path(args.save_history))  # one writer at a time across processes
         writer.write_all(conv, Path(args.save_history).expanduser())
     messages = conv.chat_messages()
 
