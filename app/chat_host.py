@@ -53,5 +53,5 @@ class ChatHost(Protocol):
         """A reply ended (the title bar and the metrics screen update)."""
 
     def notify(self, message: str, *, title: str = "", severity: Any = "information",
-               timeout: float | None = None, markup: bool = True) -> None:
+               timeout: float | None = None, markup: bool = False) -> None:
         """Show a toast."""

@@ -514,6 +514,13 @@ class LampchatApp(App[int]):
             return
         self.push_screen(MetricsScreen(self.session))
 
+    def notify(self, message: str, *, title: str = "", severity: Any = "information",
+               timeout: float | None = None, markup: bool = False) -> None:
+        """A toast. Its text is shown as written: messages carry user and error text (paths,
+        `pip install 'lampchat[mlx]'`), which Rich markup would eat, so markup is off unless a
+        caller asks for it."""
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)
+
     def reply_finished(self, metrics: ReplyMetrics | None) -> None:
         """Called by the chat screen when a reply ends."""
         if metrics is not None:

@@ -1,4 +1,4 @@
-"""The TUI at small terminal sizes: nothing crashes, whatever is open."""
+"""Regression tests of TUI bugs found by using it as a new user would (issue 22)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ async def test_shrinking_the_terminal_with_the_list_open_down_to_40x12(app) -> N
             await pilot.resize_terminal(*size)
             await pilot.pause(0.2)
             assert app.is_running, size
+
+
+async def test_toasts_show_brackets_as_written(app) -> None:
+    """Error text in square brackets ('lampchat[mlx]') was eaten as Rich markup."""
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        app.notify("install it: pip install 'lampchat[mlx]' [bold]x[/bold]", severity="error")
+        await pilot.pause(0.3)
+        from textual.widgets._toast import Toast  # how Textual draws a notification
+
+        shown = [str(Toast(n).render()) for n in app._notifications]
+        assert any("pip install 'lampchat[mlx]' [bold]x[/bold]" in text for text in shown)
