@@ -41,6 +41,13 @@ class ConvertResult:
     bytes_written: int
 
 
+def user_file_mode() -> int:
+    """The mode a new file gets under the user's umask (0o644 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def convert(
     src: str | Path,
     out_dir: str | Path,
@@ -86,6 +93,7 @@ def convert(
         report(0.99, "finishing")
         out.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(tmp):
+            os.chmod(tmp / name, user_file_mode())
             os.replace(tmp / name, out / name)
     except OSError as exc:
         raise LampchatError(f"cannot write {out}: {exc.strerror or exc}") from exc

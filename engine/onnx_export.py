@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.convert import write_configs
+from engine.convert import user_file_mode, write_configs
 from engine.errors import BackendUnavailableError, LampchatError, ModelLoadError
 from engine.formats.loader import load_model
 from engine.native.llama import LlamaConfig, rope_inv_freq
@@ -336,6 +336,7 @@ def export_onnx(
         report(0.99, "finishing")
         out.mkdir(parents=True, exist_ok=True)
         for name in os.listdir(tmp):
+            os.chmod(tmp / name, user_file_mode())
             os.replace(tmp / name, out / name)
     except OSError as exc:
         raise LampchatError(f"cannot write {out}: {exc.strerror or exc}") from exc

@@ -241,8 +241,10 @@ def overhead_table(report: dict[str, Any]) -> Table:
         if r.get("status") != "ok":
             continue
         over = r.get("overhead")
+        if not over and not r.get("raw_error"):
+            continue  # no baseline was asked for (--no-raw) or the backend has none
         if not over:
-            why = r.get("raw_error") or "not measured"
+            why = r.get("raw_error")
             table.rows.append([model_label(r), str(r.get("backend")), _device(r),
                                *["—"] * len(names), "—", *["—"] * len(names), "—",
                                f"no raw baseline: {why}"])
@@ -347,7 +349,10 @@ def table_markdown(table: Table) -> str:
 def to_markdown(report: dict[str, Any], compare_with: dict[str, Any] | None = None) -> str:
     """The whole report as Markdown: host, results, overhead and (optionally) the comparison."""
     parts = [f"## lampchat bench — {report.get('created', '')}", "", host_line(report), "",
-             table_markdown(results_table(report)), table_markdown(overhead_table(report))]
+             table_markdown(results_table(report))]
+    overhead = overhead_table(report)
+    if overhead.rows:
+        parts.append(table_markdown(overhead))
     if compare_with is not None:
         parts.append(table_markdown(compare_table(compare_with, report)))
     return "\n".join(parts)

@@ -274,3 +274,15 @@ def test_check_targets_script(bench_run: dict[str, Any], tmp_path: Path):
     slow = check(str(gpu_file), "--decode-tps", "1e9", "--memory-ratio", "1e9")
     assert slow.returncode == 1
     assert any(line.startswith("FAIL") and "tok/s" in line for line in slow.stdout.splitlines())
+
+
+def test_no_overhead_rows_for_cases_without_a_baseline_asked_for() -> None:
+    """`bench --no-raw` printed an overhead table of "no raw baseline" rows; a baseline that
+    was tried and failed still gets its row."""
+    from engine.bench.report import overhead_table
+
+    ok = {"status": "ok", "model": "m", "backend": "llama.cpp", "device": "cpu",
+          "metrics": {"pp32": {"mean": 1.0}}}
+    assert overhead_table({"results": [ok]}).rows == []
+    failed = overhead_table({"results": [{**ok, "raw_error": "raw call failed"}]})
+    assert len(failed.rows) == 1 and "raw call failed" in failed.rows[0][-1]

@@ -4,6 +4,7 @@ independent implementation, mlx-lm), and bad input or output paths lose nothing.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import gguf
@@ -216,3 +217,11 @@ def test_convert_pytorch_gpt2(tmp_path: Path, layout: str) -> None:
     for name, arr in weights.items():
         np.testing.assert_array_equal(tensors[name], arr, err_msg=name)
     assert json.loads((out / "config.json").read_text())["n_head"] == 4
+
+
+def test_converted_files_get_the_users_umask_not_0600(smollm2_hf_dir: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("model.safetensors", "config.json", "tokenizer.json"):
+        mode = (smollm2_hf_dir / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~mask, (name, oct(mode))
