@@ -59,6 +59,7 @@ class ChatScreen(Screen[None]):
         """The reply streaming now (until it is saved)."""
         self._cursor_blink = True
         self._code_index = 0
+        self._reply_index = 0
 
     @property
     def lampchat(self) -> ChatHost:
@@ -142,7 +143,7 @@ class ChatScreen(Screen[None]):
     async def show_conversation(self, conversation: Conversation) -> None:
         """Make `conversation` the current one and show it."""
         self.conversation = conversation
-        self._code_index = 0
+        self._code_index = self._reply_index = 0
         self.lampchat.store.mirror(conversation)
         await self.chat_log.load([message_to_data(m) for m in conversation.messages])
         if self.query_one("#sidebar").display:
@@ -232,7 +233,7 @@ class ChatScreen(Screen[None]):
             return
         reply.on_saved = self._reply_saved
         self.reply = reply
-        self._code_index = 0
+        self._code_index = self._reply_index = 0
         # a blinking cursor is a screen update twice a second, each taking a slice of the CPU
         # a local model decodes on; it holds still while the reply streams
         self._cursor_blink = self.prompt.cursor_blink
@@ -307,13 +308,17 @@ class ChatScreen(Screen[None]):
         )
 
     def action_copy_reply(self) -> None:
-        """Copy the last reply to the clipboard (OSC 52)."""
-        reply = self._last_reply()
-        if not reply:
+        """Copy the last reply to the clipboard (OSC 52); press again for the one before."""
+        replies = [t.content for t in (self.conversation.messages if self.conversation else [])
+                   if t.role == "assistant" and t.content]
+        if not replies:
             self.notify("No reply to copy yet.", severity="warning")
             return
-        self.app.copy_to_clipboard(reply)
-        self.notify(f"Copied the last reply ({len(reply)} characters).")
+        index = len(replies) - 1 - (self._reply_index % len(replies))
+        self._reply_index += 1
+        self.app.copy_to_clipboard(replies[index])
+        self.notify(f"Copied reply {index + 1} of {len(replies)} "
+                    f"({len(replies[index])} characters).")
 
     def action_copy_code(self) -> None:
         """Copy a code block of the last reply; press again for the one before it."""

@@ -51,3 +51,22 @@ async def test_toasts_show_brackets_as_written(app) -> None:
 
         shown = [str(Toast(n).render()) for n in app._notifications]
         assert any("pip install 'lampchat[mlx]' [bold]x[/bold]" in text for text in shown)
+
+
+async def test_ctrl_o_pressed_again_copies_the_reply_before(app) -> None:
+    """README: Ctrl+O copies the last reply, "press again for the one before"; it always
+    copied the last one."""
+    from app.history import Message
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        chat = app.chat
+        for role, text in (("user", "one"), ("assistant", "first reply"), ("user", "two"),
+                           ("assistant", "second reply")):
+            app.store.append(chat.conversation, Message(role, text))
+        copied = []
+        for _ in range(3):
+            await pilot.press("ctrl+o")
+            await pilot.pause(0.05)
+            copied.append(app.clipboard)
+        assert copied == ["second reply", "first reply", "second reply"]
