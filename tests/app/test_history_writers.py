@@ -14,7 +14,7 @@ import pytest
 from app.history import load_conversation_file
 from tests.support.cli import REPO, run_lampchat
 
-pytestmark = [pytest.mark.real_model]
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 
 def test_a_second_writer_of_the_same_history_file_is_refused(tmp_path: Path) -> None:

@@ -90,6 +90,7 @@ def gemma_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             zero_logits=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend_cls", [LlamaCppBackend, NativeBackend])
 def test_a_gguf_without_a_template_gets_its_familys_and_stops_at_its_end_of_turn(
     gemma_like: Path, backend_cls: type,
@@ -114,6 +115,7 @@ def test_a_gguf_without_a_template_gets_its_familys_and_stops_at_its_end_of_turn
         backend.unload()
 
 
+@pytest.mark.slow
 def test_ask_json_names_the_template_and_the_reply_holds_no_template_markup(
     gemma_like: Path,
 ) -> None:
@@ -129,6 +131,7 @@ def test_ask_json_names_the_template_and_the_reply_holds_no_template_markup(
     assert reply["text"] == "" and reply["finish_reason"] == "stop"
 
 
+@pytest.mark.slow
 def test_the_template_can_be_chosen_by_name_file_or_config(tmp_path: Path) -> None:
     """`--chat-template NAME|FILE` and `model.chat_template` replace the model's template in
     every backend; a name that is neither a built-in nor a file is one clear line."""

@@ -16,6 +16,8 @@ from tests.support.references import llama_cpp_logits, native_logits
 from tests.support.tiny_gguf import write_gpt2_gguf, write_llama_gguf
 from tests.support.tiny_models import llama_config, llama_weights, mlx_logits, write_folder
 
+pytestmark = [pytest.mark.slow]
+
 PROMPT = b"The lighthouse keeper climbed the stairs at dusk"
 
 

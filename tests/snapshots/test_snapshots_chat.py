@@ -20,6 +20,8 @@ from app.tui_store import ChatStore
 from tests.support import scripted_backend
 from tests.support.tui_chat import bench_report, wait_for
 
+pytestmark = [pytest.mark.slow]
+
 SIZE = (110, 36)
 
 

@@ -26,6 +26,8 @@ from tests.support.settings_host import SettingsHost
 from widgets.config_form import widget_id
 from widgets.model_entry import ModelEntry
 
+pytestmark = [pytest.mark.slow]
+
 SIZE = (110, 32)
 
 

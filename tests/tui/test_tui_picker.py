@@ -69,6 +69,7 @@ async def test_type_to_filter_then_enter_chooses(entries: list[ModelEntry]) -> N
         assert not app.picker.is_attached
 
 
+@pytest.mark.slow
 async def test_filter_matches_every_word_of_the_entry_not_its_folders(
     entries: list[ModelEntry],
 ) -> None:
