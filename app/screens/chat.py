@@ -386,7 +386,8 @@ class ChatScreen(Screen[None]):
                 return
             self.notify(f"Exported to {written}.")
 
-        self.app.push_screen(TextPromptScreen("Export this conversation to Markdown", default),
+        self.app.push_screen(TextPromptScreen("Export this conversation to Markdown", default,
+                                              action="exports"),
                              done)
 
     async def set_system_prompt(self, text: str) -> None:
@@ -441,7 +442,7 @@ class ChatScreen(Screen[None]):
 
         self.app.push_screen(
             TextPromptScreen("Rename conversation",
-                             conversation.title or conversation.auto_title()),
+                             conversation.title or conversation.auto_title(), required=True),
             done,
         )
 

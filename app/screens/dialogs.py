@@ -49,32 +49,44 @@ class TextPromptScreen(ModalScreen[str | None]):
         Binding("ctrl+s", "save", "Save", priority=True),
     ]
 
-    def __init__(self, title: str, value: str = "", multiline: bool = False) -> None:
+    def __init__(self, title: str, value: str = "", multiline: bool = False,
+                 action: str = "saves", required: bool = False) -> None:
+        """`action`: what Enter does, for the hint ("saves", "opens", "exports");
+        `required`: an empty value is refused, saying so, instead of accepted."""
         super().__init__(classes="dialog")
         self.title_text = title
         self.value = value
         self.multiline = multiline
+        self.action = action
+        self.required = required
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog-box"):
             yield Label(self.title_text, markup=False)
             if self.multiline:
                 yield TextArea(self.value, id="value", soft_wrap=True, tab_behavior="focus")
-                yield Label("Ctrl+S saves · Esc cancels", classes="dialog-hint")
+                yield Label(f"Ctrl+S {self.action} · Esc cancels", classes="dialog-hint")
             else:
                 yield Input(self.value, id="value")
-                yield Label("Enter saves · Esc cancels", classes="dialog-hint")
+                yield Label(f"Enter {self.action} · Esc cancels", classes="dialog-hint")
+            yield Label("", id="dialog-error", classes="dialog-hint", markup=False)
 
     def on_mount(self) -> None:
         self.query_one("#value").focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         event.stop()
-        self.dismiss(event.value)
+        self._submit(event.value)
 
     def action_save(self) -> None:
         widget = self.query_one("#value")
-        self.dismiss(widget.text if isinstance(widget, TextArea) else widget.value)  # type: ignore[attr-defined]
+        self._submit(widget.text if isinstance(widget, TextArea) else widget.value)  # type: ignore[attr-defined]
+
+    def _submit(self, value: str) -> None:
+        if self.required and not value.strip():
+            self.query_one("#dialog-error", Label).update("It cannot be empty; Esc cancels.")
+            return
+        self.dismiss(value)
 
     def action_cancel(self) -> None:
         self.dismiss(None)

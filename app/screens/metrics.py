@@ -108,7 +108,7 @@ class MetricsScreen(Screen[None]):
     def action_open_bench(self) -> None:
         """Ask for a `lampchat bench --json` file and chart it."""
         default = self.bench_path or str(Path.cwd() / "bench.json")
-        self.app.push_screen(TextPromptScreen("Bench JSON file to chart", default),
+        self.app.push_screen(TextPromptScreen("Bench JSON file to chart", default, action="opens"),
                              self._open_bench)
 
     def _open_bench(self, path: str | None) -> None:

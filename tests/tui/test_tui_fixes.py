@@ -70,3 +70,38 @@ async def test_ctrl_o_pressed_again_copies_the_reply_before(app) -> None:
             await pilot.pause(0.05)
             copied.append(app.clipboard)
         assert copied == ["second reply", "first reply", "second reply"]
+
+
+async def test_dialogs_say_what_enter_does_and_a_name_cannot_be_empty(app) -> None:
+    """F5 -> o said "Enter saves" for a file to open; the rename dialog closed silently on an
+    empty name."""
+    from textual.widgets import Input, Label
+
+    from app.screens.dialogs import TextPromptScreen
+
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("f5")
+        await pilot.pause(0.2)
+        await pilot.press("o")
+        await pilot.pause(0.2)
+        dialog = app.screen
+        assert isinstance(dialog, TextPromptScreen)
+        hints = [str(label.render()) for label in dialog.query(Label)]
+        assert any("Enter opens" in h for h in hints) and not any("saves" in h for h in hints)
+        await pilot.press("escape", "escape")
+        await pilot.pause(0.2)
+        results: list[str | None] = []
+        app.push_screen(TextPromptScreen("Rename conversation", "old", required=True),
+                        results.append)
+        await pilot.pause(0.2)
+        app.screen.query_one(Input).value = "   "
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, TextPromptScreen) and results == []
+        error = str(app.screen.query_one("#dialog-error", Label).render())
+        assert "cannot be empty" in error
+        app.screen.query_one(Input).value = "New name"
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert results == ["New name"]
