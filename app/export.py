@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from app.atomic_file import atomic_write_text
-from app.history import Conversation, Message
+from app.history import Conversation, Message, message_state
 from engine.errors import LampchatError
 
 _ROLE_TITLES = {"user": "User", "assistant": "Assistant", "system": "System"}
@@ -36,8 +36,9 @@ def _message_section(message: Message) -> list[str]:
     lines.append(message.content if message.content.strip() else "*(empty)*")
     lines.append("")
     notes = []
-    if message.interrupted:
-        notes.append("interrupted")
+    state = message_state(message)
+    if message.role == "assistant" and state != "done":
+        notes.append(state)
     summary = _metrics_line(message.metrics)
     if summary:
         notes.append(summary)

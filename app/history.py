@@ -140,6 +140,19 @@ class ConversationSummary:
     problem: str | None = None
 
 
+def message_state(message: Message) -> str:
+    """How a stored message ended: done, stopped (by the user), error or interrupted (by a
+    signal, a crash or quitting): what the TUI, the export and the history file agree on."""
+    metrics = message.metrics or {}
+    if metrics.get("error") or metrics.get("finish_reason") == "error":
+        return "error"
+    if metrics.get("finish_reason") == "cancelled":
+        return "stopped"
+    if message.interrupted:
+        return "interrupted"
+    return "done"
+
+
 def new_id() -> str:
     """A fresh conversation id: creation time plus a random suffix (sorts by time)."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)

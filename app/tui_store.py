@@ -47,18 +47,6 @@ def metrics_from_dict(data: dict[str, Any] | None) -> ReplyMetrics | None:
         return None
 
 
-def message_state(message: Message) -> str:
-    """How a stored message ended: done, stopped, error or interrupted."""
-    metrics = message.metrics or {}
-    if metrics.get("error") or metrics.get("finish_reason") == "error":
-        return "error"
-    if metrics.get("finish_reason") == "cancelled":
-        return "stopped"
-    if message.interrupted:
-        return "interrupted"
-    return "done"
-
-
 @dataclass(frozen=True)
 class ChatSummary:
     """One row of the conversation list."""

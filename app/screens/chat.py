@@ -15,10 +15,10 @@ from textual.widgets import Footer, ProgressBar, Static
 
 from app.chat_host import ChatHost
 from app.export import export_markdown
-from app.history import Conversation, Message
+from app.history import Conversation, Message, message_state
 from app.reply_stream import ReplyStream
 from app.screens.dialogs import ConfirmScreen, TextPromptScreen
-from app.tui_store import message_state, metrics_from_dict
+from app.tui_store import metrics_from_dict
 from engine.errors import LampchatError
 from engine.worker import Generation
 from widgets.messages import AssistantMessage, ChatLog, MessageData, code_blocks
@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 def message_to_data(message: Message) -> MessageData:
     """How a stored message is shown."""
     role = message.role if message.role in ("user", "assistant") else "system"
-    return MessageData(role, message.content, metrics_from_dict(message.metrics),  # type: ignore[arg-type]
-                       message_state(message))  # type: ignore[arg-type]
+    metrics = metrics_from_dict(message.metrics)
+    if metrics is not None:  # the history file keeps model and backend on the message
+        metrics.model = metrics.model or message.model or ""
+        metrics.backend = metrics.backend or message.backend or ""
+    return MessageData(role, message.content, metrics, message_state(message))  # type: ignore[arg-type]
 
 
 class ChatScreen(Screen[None]):

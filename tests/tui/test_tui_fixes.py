@@ -105,3 +105,32 @@ async def test_dialogs_say_what_enter_does_and_a_name_cannot_be_empty(app) -> No
         await pilot.press("enter")
         await pilot.pause(0.2)
         assert results == ["New name"]
+
+
+async def test_reopened_replies_keep_model_backend_and_how_they_ended(app) -> None:
+    """Replies loaded from history lost model and backend in their footer line (the history
+    file keeps them on the message), and said "stopped" where the export said "interrupted"."""
+    from app.export import conversation_markdown
+    from app.history import Message, new_conversation
+    from widgets.messages import AssistantMessage
+
+    conv = new_conversation()
+    conv.messages += [
+        Message("user", "Hi"),
+        Message("assistant", "Hel", model="SmolLM2", backend="llama.cpp", interrupted=True,
+                metrics={"ttft_ms": 50.0, "decode_tps": 90.0, "completion_tokens": 2,
+                         "finish_reason": "cancelled"}),
+        Message("user", "Again"),
+        Message("assistant", "Hello th", model="SmolLM2", backend="llama.cpp",
+                interrupted=True, metrics={"ttft_ms": 40.0, "decode_tps": 80.0,
+                                           "completion_tokens": 3, "finish_reason": "stop"}),
+    ]
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause(0.3)
+        await app.chat.show_conversation(conv)
+        await pilot.pause(0.3)
+        footers = [str(m.query_one(".meta").render()) for m in app.chat.query(AssistantMessage)]
+    assert footers[0].startswith("SmolLM2 · llama.cpp · TTFT") and footers[0].endswith("stopped")
+    assert footers[1].startswith("SmolLM2 · llama.cpp") and footers[1].endswith("interrupted")
+    markdown = conversation_markdown(conv)
+    assert "*stopped ·" in markdown and "*interrupted ·" in markdown
