@@ -123,6 +123,8 @@ class LampchatApp(App[int]):
         """Full garbage collections wait while a reply streams (see app/gc_pause.py)."""
         self.loading = False
         self.recent: list[ModelSpec] = []
+        self._cycle: list[ModelSpec] | None = None
+        """The order Ctrl+Up/Down walk while cycling (None: the next press takes `recent`)."""
         self._prompts: list[str] = []
         self._quitting = False
         self._engine_closed = False
@@ -288,6 +290,7 @@ class LampchatApp(App[int]):
 
     def load_model(self, spec: ModelSpec, settings: LoadSettings | None = None) -> None:
         """Load `spec` in the background (the chat stays usable; progress in the status bar)."""
+        self._cycle = None
         if self.loading:
             self.notify("A model is already loading.", severity="warning")
             return
@@ -378,14 +381,19 @@ class LampchatApp(App[int]):
         ]
 
     def action_cycle_model(self, step: int) -> None:
-        """Load the next (or previous) recently used model."""
+        """Load the next (or previous) recently used model. Cycling walks one fixed order (the
+        recent list as it stood at the first press), so Ctrl+Down retraces Ctrl+Up."""
         if len(self.recent) < 2:
             self.notify("No other recently used model; F2 opens the model picker.")
             return
         current = self.engine.info.path if self.engine.info else None
-        models = [r.model for r in self.recent]
+        if self._cycle is None or current not in [r.model for r in self._cycle]:
+            self._cycle = list(self.recent)
+        models = [r.model for r in self._cycle]
         index = models.index(current) if current in models else 0
-        self.load_model(self.recent[(index + step) % len(self.recent)])
+        cycle = self._cycle
+        self.load_model(cycle[(index + step) % len(cycle)])
+        self._cycle = cycle  # load_model starts a new order for any other load
 
     def action_pick_model(self) -> None:
         """Open the model picker (F2)."""

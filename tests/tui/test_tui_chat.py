@@ -651,3 +651,23 @@ async def test_unexpected_error_exits_without_a_traceback_and_saves(
     assert app.unexpected_error == "RuntimeError: boom in a handler"
     assert app._exit_renderables == []  # nothing printed on the terminal
     assert [m.content for m in load_conversation_file(out).messages] == ["keep me", REPLY]
+
+
+async def test_ctrl_down_retraces_ctrl_up_through_three_models(config_file: Path) -> None:
+    """With three models used, Ctrl+Up cycled all three while Ctrl+Down flipped between two
+    (each load reordered the recent list it walked)."""
+    app = make_app(config_file, "scripted://alpha?rate=0")
+    async with app.run_test(size=SIZE) as pilot:
+        await started(pilot)
+        for name in ("beta", "gamma"):
+            app.load_model(ModelSpec(f"scripted://{name}?rate=0", "scripted"))
+            await wait_for(pilot, lambda name=name: loaded(app, name))
+        seen = []
+        for key in ("ctrl+down",) * 3 + ("ctrl+up",) * 3:
+            before = app.engine.info.path
+            await pilot.press(key)
+            await wait_for(pilot, lambda before=before: app.engine.info.path != before
+                           and not app.loading)
+            seen.append(app.engine.info.name)
+        assert len(set(seen[:3])) == 3  # Ctrl+Down visits all three
+        assert seen[3:5] == seen[:2][::-1] and seen[5] == "gamma"  # Ctrl+Up walks back
