@@ -49,7 +49,9 @@ class ModelTable(Vertical):
     ModelTable { height: 1fr; }
     ModelTable > #model-filter { margin: 1 0; }
     ModelTable > DataTable { height: 1fr; }
-    ModelTable > #model-detail { height: 2; color: $text-muted; margin-top: 1; }
+    ModelTable > #model-detail {
+        height: auto; min-height: 2; max-height: 4; color: $text-muted; margin-top: 1;
+    }
     ModelTable > #model-detail.-error { color: $text-error; }
     """
 
@@ -245,7 +247,8 @@ class ModelTable(Vertical):
             Text(entry.format, style=style),
             self._backend_cell(entry),
             Text(format_size(entry.file_size), justify="right"),
-            Text("damaged" if bad else (entry.quantization or "—"), style=style),
+            Text(("unreachable" if entry.endpoint else "damaged") if bad
+                 else (entry.quantization or "—"), style=style),
             Text(format_params(entry.n_params), justify="right"),
             Text(format_context(entry.context_length), justify="right"),
         ]

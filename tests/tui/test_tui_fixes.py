@@ -134,3 +134,24 @@ async def test_reopened_replies_keep_model_backend_and_how_they_ended(app) -> No
     assert footers[1].startswith("SmolLM2 · llama.cpp") and footers[1].endswith("interrupted")
     markdown = conversation_markdown(conv)
     assert "*stopped ·" in markdown and "*interrupted ·" in markdown
+
+
+async def test_an_unreachable_endpoint_is_not_damaged_and_its_error_shows_whole() -> None:
+    """The picker labelled an endpoint that did not answer "damaged" and cut its error to
+    "cannot connect to" at 80 columns."""
+    from textual.widgets import DataTable
+
+    from tests.support.markdown_host import screen_text
+    from tests.support.picker_host import PickerHost
+    from widgets.model_entry import ModelEntry
+
+    error = ("cannot connect to http://127.0.0.1:9/v1 (connection refused): is the server "
+             "running? (lampchat ask --endpoint lab tries it)")
+    entries = [ModelEntry("lab", "lab", "remote", ("remote",), endpoint="lab", error=error)]
+    app = PickerHost(entries)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        grid = app.picker.table.query_one(DataTable)
+        assert "unreachable" in [str(cell) for cell in grid.get_row_at(0)]
+        shown = " ".join(" ".join(screen_text(app)).split())
+        assert "(lampchat ask --endpoint lab tries it)" in shown
