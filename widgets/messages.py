@@ -71,8 +71,11 @@ def reply_meta(metrics: ReplyMetrics | None, state: MessageState = "done") -> st
             parts.append(metrics.model)
         if metrics.backend:
             parts.append(metrics.backend)
-        parts.append(f"TTFT {format_ms(metrics.ttft_ms)}")
-        parts.append(format_tps(metrics.decode_tps))
+        if metrics.completion_tokens:
+            parts.append(f"TTFT {format_ms(metrics.ttft_ms)}")
+            parts.append(format_tps(metrics.decode_tps))
+        else:  # stopped or failed before its first token: no TTFT, no speed
+            parts.append("TTFT –")
         approx = "~" if metrics.tokens_estimated else ""
         parts.append(f"{approx}{metrics.completion_tokens} tokens")
         if metrics.finish_reason == "length":

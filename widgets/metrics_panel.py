@@ -101,10 +101,16 @@ class SessionMetrics:
             ttft_text = "…" if ttft is None else format_ms(ttft)
             tps_text = format_tps(self.live_tps) + " (live)"
             tokens_text = f"{self.live_tokens} so far"
+            # the streaming reply's prompt figures come at its end: not the last reply's
+            prompt_text = prompt_tokens_text = "…"
         else:
-            ttft_text = format_ms(last.ttft_ms) if last else "–"
-            tps_text = format_tps(last.decode_tps) if last else "–"
+            produced = last is not None and last.completion_tokens > 0  # a reply stopped
+            # before its first token has no TTFT or speed
+            ttft_text = format_ms(last.ttft_ms) if last and produced else "–"
+            tps_text = format_tps(last.decode_tps) if last and produced else "–"
             tokens_text = f"{last.completion_tokens}" if last else "–"
+            prompt_text = format_tps(last.prompt_tps) if last and produced else "–"
+            prompt_tokens_text = f"{last.prompt_tokens:,}" if last else "–"
         limit = self.context_limit or (self.model.context_length if self.model else None)
         context = f"{self.context_used:,} / {limit:,}" if limit else f"{self.context_used:,}"
         model = self.model
@@ -113,8 +119,8 @@ class SessionMetrics:
             ("Backend", f"{model.backend} on {model.device}" if model else "–"),
             ("TTFT", ttft_text),
             ("Decode", tps_text),
-            ("Prompt", format_tps(last.prompt_tps) if last else "–"),
-            ("Prompt tokens", f"{last.prompt_tokens:,}" if last else "–"),
+            ("Prompt", prompt_text),
+            ("Prompt tokens", prompt_tokens_text),
             ("Reply tokens", tokens_text),
             ("Context", context),
             ("RSS", f"{format_mb(self.rss_mb)} (peak {format_mb(self.peak_rss_mb)})"),
@@ -172,5 +178,7 @@ class MetricsPanel(VerticalScroll):
         for sparkline_id, series in (("#tps", self.session.tps_series()),
                                      ("#ttft", self.session.ttft_series())):
             sparkline = self.query_one(sparkline_id, Sparkline)
+            # one sample would be drawn as a solid block the full height: a chart needs two
+            sparkline.display = len(series) >= 2
             if list(sparkline.data or []) != series[-40:]:
                 sparkline.data = series[-40:]

@@ -155,3 +155,44 @@ async def test_an_unreachable_endpoint_is_not_damaged_and_its_error_shows_whole(
         assert "unreachable" in [str(cell) for cell in grid.get_row_at(0)]
         shown = " ".join(" ".join(screen_text(app)).split())
         assert "(lampchat ask --endpoint lab tries it)" in shown
+
+
+def test_the_panel_never_mixes_two_replies_and_a_reply_with_no_token_has_no_speed() -> None:
+    """While a reply streamed, the panel showed its live TTFT beside the previous reply's
+    prompt speed and tokens; a reply stopped before its first token showed "TTFT 0 ms"."""
+    from engine.types import ReplyMetrics
+    from widgets.messages import reply_meta
+    from widgets.metrics_panel import SessionMetrics
+
+    session = SessionMetrics(rss_source=lambda: 100.0, clock=lambda: 10.0)
+    session.finish_reply(ReplyMetrics(ttft_ms=50.0, prompt_tokens=51, prompt_tps=3345.0,
+                                      completion_tokens=20, decode_tps=90.0))
+    session.start_reply()
+    rows = dict(session.rows())
+    assert rows["Prompt"] == "…" and rows["Prompt tokens"] == "…" and rows["TTFT"] == "…"
+    stopped = ReplyMetrics(ttft_ms=0.0, prompt_tokens=12, completion_tokens=0,
+                           finish_reason="cancelled")
+    session.finish_reply(stopped)
+    rows = dict(session.rows())
+    assert rows["TTFT"] == "–" and rows["Decode"] == "–" and rows["Prompt"] == "–"
+    assert rows["Prompt tokens"] == "12"
+    assert "TTFT –" in reply_meta(stopped, "stopped") and "tok/s" not in reply_meta(
+        stopped, "stopped")
+
+
+async def test_a_chart_with_one_sample_is_not_drawn_as_a_solid_block(app) -> None:
+    from textual.widgets import Sparkline
+
+    from engine.types import ReplyMetrics
+
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.pause(0.3)
+        panel = app.chat.metrics_panel
+        app.session.finish_reply(ReplyMetrics(ttft_ms=50.0, completion_tokens=5,
+                                              decode_tps=90.0))
+        panel.refresh_metrics()
+        assert not panel.query_one("#tps", Sparkline).display
+        app.session.finish_reply(ReplyMetrics(ttft_ms=60.0, completion_tokens=5,
+                                              decode_tps=80.0))
+        panel.refresh_metrics()
+        assert panel.query_one("#tps", Sparkline).display
