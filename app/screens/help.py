@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -62,6 +64,17 @@ def section(title: str, rows: list[tuple[str, str]]) -> Text:
     return text
 
 
+def section_table(title: str, rows: list[tuple[str, str]]) -> Group:
+    """`section` laid out as a table, so that a description that wraps goes on under itself
+    rather than at the left edge."""
+    grid = Table.grid(padding=(0, 3, 0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(ratio=1)
+    for key, what in rows:
+        grid.add_row(key, what)
+    return Group(Text(title, style="bold underline"), grid)
+
+
 class HelpScreen(ModalScreen[None]):
     """Key bindings and commands; Esc, F1 or q closes it."""
 
@@ -88,7 +101,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(id="help-body"):
             yield Static("Lampchat help", classes="help-title")
             for title, rows in self.sections():
-                yield Static(section(title, rows), classes="help-section")
+                yield Static(section_table(title, rows), classes="help-section")
             yield Static("Esc, F1 or q closes this screen.", classes="help-hint")
 
     def action_close(self) -> None:

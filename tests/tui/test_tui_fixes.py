@@ -196,3 +196,23 @@ async def test_a_chart_with_one_sample_is_not_drawn_as_a_solid_block(app) -> Non
                                               decode_tps=80.0))
         panel.refresh_metrics()
         assert panel.query_one("#tps", Sparkline).display
+
+
+def test_help_descriptions_that_wrap_stay_under_their_column() -> None:
+    """At 80 columns the second line of the long `/set` entry started at column 1."""
+    import io
+
+    from rich.console import Console
+
+    from app.screens.help import section_table
+    from app.slash import COMMANDS
+
+    rows = [(c.usage, c.help) for c in COMMANDS.values()]
+    console = Console(width=76, record=True, file=io.StringIO())
+    console.print(section_table("Slash commands", rows))
+    lines = console.export_text().splitlines()[1:]
+    key_width = max(len(usage) for usage, _ in rows)
+    wrapped = [line for line in lines if line.strip() and not line.lstrip().startswith("/")]
+    assert wrapped  # some descriptions are long enough to wrap at 76 columns
+    for line in wrapped:
+        assert len(line) - len(line.lstrip()) >= key_width + 2, line
