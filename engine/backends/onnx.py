@@ -144,11 +144,8 @@ def _model_file(path: Path) -> Path:
     return files[0]
 
 
-PROVIDER_KINDS = {
-    "CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda",
-    "CoreMLExecutionProvider": "metal", "DmlExecutionProvider": "directml",
-    "ROCMExecutionProvider": "rocm", "MIGraphXExecutionProvider": "rocm",
-}
+PROVIDER_KINDS = {provider: kind for kind, providers in DEVICE_PROVIDERS.items()
+                  if kind != "coreml" for provider in providers}
 """onnxruntime execution providers -> Lampchat device kinds."""
 
 
