@@ -22,8 +22,16 @@ LLAMA_ARCHES = ("llama", "qwen2", "qwen3", "phi3")
 """GGUF architectures laid out like LLaMA (RMSNorm, RoPE, GQA, SwiGLU); their HF model_type is
 the same name. Only "llama" has its q/k rows permuted by the converter."""
 
+GEMMA_ARCHES = {"gemma2": "gemma2", "gemma3": "gemma3_text"}
+"""GGUF Gemma architectures -> HF model_type. Their converter stores RMSNorm weights plus one
+(Gemma scales by `1 + weight`); the reader subtracts it again."""
+
 _HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
-               "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+               "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM",
+               "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+_BIG_GEMMA_LAYERS = {"gemma2": 46, "gemma3": 62}
+"""The 27B models' layer counts: llama.cpp scales their attention by hidden / heads instead of
+the head size (their query_pre_attn_scalar, which GGUF does not record)."""
 _PHI3_BLOCK = {  # Phi-3 keeps q/k/v and gate/up fused, in GGUF as in HF
     "attn_qkv.weight": "self_attn.qkv_proj.weight",
     "ffn_up.weight": "mlp.gate_up_proj.weight",
@@ -49,6 +57,12 @@ _LLAMA_BLOCK = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GEMMA_BLOCK = {
+    **_LLAMA_BLOCK,
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
 _GPT2_NAMES = {
     "token_embd.weight": "wte.weight",
@@ -181,12 +195,12 @@ class GGUFModel:
             n_vocab = len(tokens) if tokens is not None else self._embd_rows()
         bos = self.field("tokenizer.ggml.bos_token_id")
         eos = self.field("tokenizer.ggml.eos_token_id")
-        if arch in LLAMA_ARCHES:
+        if arch in LLAMA_ARCHES or arch in GEMMA_ARCHES:
             n_head = int(self._need("attention.head_count"))
             hidden = int(self._need("embedding_length"))
             cfg: dict[str, Any] = {
                 "architectures": [_HF_CLASSES[arch]],
-                "model_type": arch,
+                "model_type": GEMMA_ARCHES.get(arch, arch),
                 "hidden_size": hidden,
                 "num_hidden_layers": int(self._need("block_count")),
                 "num_attention_heads": n_head,
@@ -214,6 +228,8 @@ class GGUFModel:
             freqs = next((t for t in self.file.tensors if t.name == "rope_freqs.weight"), None)
             if freqs is not None:  # Llama 3.1+: RoPE frequency factors, as llama.cpp applies them
                 cfg["rope_freq_factors"] = [float(v) for v in self.file.array(freqs).ravel()]
+            if arch in GEMMA_ARCHES:
+                self._gemma_config(cfg)
         elif arch == "gpt2":
             cfg = {
                 "architectures": ["GPT2LMHeadModel"],
@@ -232,7 +248,7 @@ class GGUFModel:
         else:
             raise ModelLoadError(
                 f"GGUF architecture {arch or '(none)'!r} is not supported by the native loader "
-                f"(supported: {', '.join(LLAMA_ARCHES)}, gpt2): {self.path}"
+                f"(supported: {', '.join((*LLAMA_ARCHES, *GEMMA_ARCHES))}, gpt2): {self.path}"
             )
         if bos is not None:
             cfg["bos_token_id"] = int(bos)
@@ -240,6 +256,25 @@ class GGUFModel:
             cfg["eos_token_id"] = int(eos)
         cfg["torch_dtype"] = "float32"
         return cfg
+
+    def _gemma_config(self, cfg: dict[str, Any]) -> None:
+        """The Gemma keys of `cfg`, as llama.cpp reads the file."""
+        arch, n_layers = self.arch, cfg["num_hidden_layers"]
+        big = n_layers == _BIG_GEMMA_LAYERS[arch]
+        cfg["hidden_activation"] = "gelu_pytorch_tanh"
+        cfg["hidden_act"] = "gelu_pytorch_tanh"
+        cfg["query_pre_attn_scalar"] = (cfg["hidden_size"] // cfg["num_attention_heads"] if big
+                                        else cfg["head_dim"])
+        cfg["attn_logit_softcapping"] = self.arch_field("attn_logit_softcapping")
+        cfg["final_logit_softcapping"] = self.arch_field("final_logit_softcapping")
+        if arch == "gemma3":
+            cfg["rope_local_base_freq"] = float(self.arch_field("rope.freq_base_swa", 10000.0))
+            pattern = self.arch_field("attention.sliding_window_pattern", 6)
+            if isinstance(pattern, list):  # one flag per layer: sliding or not
+                cfg["layer_types"] = ["sliding_attention" if flag else "full_attention"
+                                      for flag in pattern]
+            else:
+                cfg["sliding_window_pattern"] = int(pattern or 6)
 
     def _need(self, key: str) -> Any:
         value = self.arch_field(key)
@@ -258,6 +293,8 @@ class GGUFModel:
         """The HF tensor name for a GGUF tensor name, or None for tensors HF has no place for."""
         if self.arch in LLAMA_ARCHES:
             top, block, prefix = _LLAMA_NAMES, _LLAMA_BLOCK, "model.layers"
+        elif self.arch in GEMMA_ARCHES:
+            top, block, prefix = _LLAMA_NAMES, _GEMMA_BLOCK, "model.layers"
         else:
             top, block, prefix = _GPT2_NAMES, _GPT2_BLOCK, "h"
         if name in top:
@@ -300,6 +337,8 @@ class GGUFModel:
                     arr = unpermute_qk(arr, cfg["num_attention_heads"])
                 elif hf.endswith("k_proj.weight") or hf.endswith("k_proj.bias"):
                     arr = unpermute_qk(arr, cfg["num_key_value_heads"])
+            elif self.arch in GEMMA_ARCHES and hf.endswith("norm.weight"):
+                arr = arr - np.asarray(1.0, dtype=arr.dtype)  # stored as 1 + weight
             elif hf.endswith(_GPT2_CONV1D):
                 arr = np.ascontiguousarray(arr.T)
             done += t.n_bytes

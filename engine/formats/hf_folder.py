@@ -70,10 +70,11 @@ CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"
 """config.json keys that hold a model's trained context length, in the order they are read."""
 
 
-def context_length(config: dict[str, Any]) -> int | None:
+def context_length(config: dict[str, Any], windowed: bool = False) -> int | None:
     """The context a model computes exactly: its trained length, or its sliding window when
-    that is smaller and in use (attention past the window is not computed by Lampchat's
-    engines, so a longer context would be wrong from the window on)."""
+    that is smaller and in use, for engines that compute full attention (past the window
+    they would be wrong). `windowed`: the engine computes sliding windows itself (the native
+    engine), so the trained length stands."""
     length = None
     for key in CONTEXT_KEYS:
         value = config.get(key)
@@ -81,7 +82,7 @@ def context_length(config: dict[str, Any]) -> int | None:
             length = value
             break
     window = config.get("sliding_window")
-    if (isinstance(window, int) and not isinstance(window, bool) and window > 0
+    if (not windowed and isinstance(window, int) and not isinstance(window, bool) and window > 0
             and config.get("use_sliding_window", True) is not False
             and (length is None or window < length)):
         return window

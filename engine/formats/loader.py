@@ -110,7 +110,7 @@ def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.floa
     )
 
 
-HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2")
+HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gpt2")
 """config.json model types whose weights this loader reads (engine.native decides what runs)."""
 
 

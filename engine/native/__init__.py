@@ -1,5 +1,5 @@
-"""Lampchat's own numpy inference engine: LLaMA-family (LLaMA, Mistral, Qwen2, Qwen3, Phi-3) and
-GPT-2 transformers with a KV cache.
+"""Lampchat's own numpy inference engine: LLaMA-family transformers (LLaMA, Mistral, Qwen2,
+Qwen3, Phi-3, Gemma 2 and 3) and GPT-2, with a KV cache.
 
 `build_model` picks the architecture from an HF `config.json` dict; `Generator` runs it.
 """
@@ -12,7 +12,7 @@ from engine.errors import ModelLoadError
 from engine.native.base import BuildProgress, NativeModel, Weights
 from engine.native.ops import NumpyOps
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "gpt2")
 """The `model_type` values the native engine runs."""
 
 
@@ -24,7 +24,7 @@ def build_model(
 ) -> NativeModel:
     """Build the model `config["model_type"]` describes, taking (popping) its `weights`."""
     model_type = str(config.get("model_type", "")).lower()
-    if model_type in ("llama", "mistral"):  # Mistral: LLaMA with a sliding window
+    if model_type in ("llama", "mistral"):  # Mistral: LLaMA + sliding window
         # each family's module only when such a model is built
         from engine.native.llama import LlamaModel
 
@@ -44,6 +44,11 @@ def build_model(
         from engine.native.phi3 import Phi3Model
 
         return Phi3Model(config, weights, ops, progress)
+    if model_type in ("gemma2", "gemma3_text"):
+        # each family's module only when such a model is built
+        from engine.native.gemma import GemmaModel
+
+        return GemmaModel(config, weights, ops, progress)
     if model_type == "gpt2":
         # each family's module only when such a model is built
         from engine.native.gpt2 import GPT2Model

@@ -125,6 +125,12 @@ class NativeModel(ABC):
         """
 
 
+def cpu_only(ops: NumpyOps | None, what: str, why: str) -> None:
+    """Refuse, by name, a compute path other than numpy for `what`."""
+    if ops is not None and type(ops) is not NumpyOps:
+        raise ModelLoadError(f"{what} run on the CPU only in the native backend ({why})")
+
+
 def count_params(*arrays: np.ndarray | None) -> int:
     """Total number of elements."""
     return int(sum(a.size for a in arrays if a is not None))

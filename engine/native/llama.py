@@ -21,6 +21,7 @@ from engine.native.base import (
     Weights,
     config_int,
     count_params,
+    cpu_only,
     fuse,
     take,
     take_optional,
@@ -51,6 +52,8 @@ class LlamaConfig:
     """Per-head RMSNorm of q and k before RoPE (Qwen3)."""
     rope_freq_factors: tuple[float, ...] | None = None
     """RoPE frequency divisors per dimension pair (a GGUF's `rope_freqs.weight`, Llama 3.1+)."""
+    windows: tuple[int | None, ...] = ()
+    """Each layer's sliding attention window (None: full attention)."""
 
     @classmethod
     def from_hf(cls, config: dict[str, Any]) -> LlamaConfig:
@@ -80,18 +83,51 @@ class LlamaConfig:
             rms_norm_eps=float(config.get("rms_norm_eps") or 1e-6),
             rope_theta=float(theta),
             rope_scaling=rope,
-            max_positions=context_length(config) or 4096,
+            max_positions=context_length(config, windowed=True) or 4096,
             tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
             attention_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
             qk_norm=bool(config.get("qk_norm", False)),
             rope_freq_factors=tuple(config["rope_freq_factors"])
             if config.get("rope_freq_factors") else None,
+            windows=layer_windows(config),
         )
 
 
+def layer_windows(config: dict[str, Any]) -> tuple[int | None, ...]:
+    """Each layer's sliding window, as transformers reads it: `layer_types` when given, else
+    every layer for Mistral and Phi-3, the layers from `max_window_layers` on for Qwen2/3
+    (when `use_sliding_window`), none for LLaMA (which has no sliding window)."""
+    n = config_int(config, "num_hidden_layers")
+    window = config.get("sliding_window")
+    valid = isinstance(window, int) and not isinstance(window, bool) and window > 0
+    types = config.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != n:
+            raise ModelLoadError(f"config option layer_types must list one type per layer "
+                                 f"({n})")
+        unknown = sorted(set(types) - {"full_attention", "sliding_attention"})
+        if unknown:
+            raise ModelLoadError(f"config option layer_types value {unknown[0]!r} is not "
+                                 "supported natively (it runs full_attention and "
+                                 "sliding_attention)")
+        if "sliding_attention" in types and not valid:
+            raise ModelLoadError(f"config option sliding_window={window!r} is not a window "
+                                 "size, but layer_types has sliding_attention layers")
+        return tuple(window if kind == "sliding_attention" else None for kind in types)
+    if not valid or config.get("use_sliding_window", True) is False:
+        return (None,) * n
+    model_type = config.get("model_type")
+    if model_type in ("mistral", "phi3"):
+        return (window,) * n
+    if model_type in ("qwen2", "qwen3"):
+        first = int(config.get("max_window_layers", 28))
+        return tuple(window if i >= first else None for i in range(n))
+    return (None,) * n
+
+
 UNSUPPORTED_KEYS = ("attn_logit_softcapping", "final_logit_softcapping", "query_pre_attn_scalar",
-                    "use_qk_norm", "qk_layernorm", "layer_types", "no_rope_layers")
+                    "use_qk_norm", "qk_layernorm", "no_rope_layers")
 """Config keys that change a LLaMA-family model's math in ways this engine does not implement:
 a model setting any of them is refused by name rather than run wrongly."""
 
@@ -239,7 +275,16 @@ class LlamaModel(NativeModel):
             n_params += lm_head.size
         self.lm_head = ops.prepare(lm_head)
         self.n_params = int(n_params + d)
-        self.cos, self.sin = rope_tables(hd, cfg.max_positions, cfg.rope_theta, rope_inv_freq(cfg))
+        self.windows = cfg.windows or (None,) * cfg.n_layers
+        if any(self.windows):
+            cpu_only(ops, f"{config.get('model_type', 'llama')} models with a sliding window",
+                     "the OpenCL attention kernel has no window")
+        self.tables = [rope_tables(hd, cfg.max_positions, cfg.rope_theta, rope_inv_freq(cfg))]
+        self.layer_table = [0] * cfg.n_layers
+        """Which of `tables` (cos, sin) each layer rotates with."""
+        self.embed_scale: float | None = None
+        self.attn_softcap: float | None = None
+        self.final_softcap: float | None = None
         if progress:
             progress(1.0)
 
@@ -249,13 +294,18 @@ class LlamaModel(NativeModel):
         """See `NativeModel.forward`."""
         ops, cfg = self.ops, self.cfg
         t = len(tokens)
-        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
+        rows = [(cos[start : start + t], sin[start : start + t]) for cos, sin in self.tables]
         x = ops.embed(self.embed, tokens)
+        if self.embed_scale is not None:
+            x = x * np.float32(self.embed_scale)
         for i, layer in enumerate(self.layers):
-            x = self._block(x, layer, cache, i, start, cos, sin)
+            x = self._block(x, layer, cache, i, start, *rows[self.layer_table[i]])
         if not all_logits:
             x = x[-1:]
         logits = ops.fetch(ops.linear(ops.rms_norm(x, self.norm, cfg.rms_norm_eps), self.lm_head))
+        if self.final_softcap:
+            logits = np.tanh(logits / np.float32(self.final_softcap)) * np.float32(
+                self.final_softcap)
         return logits if all_logits else logits[0]
 
     def _block(
@@ -268,12 +318,27 @@ class LlamaModel(NativeModel):
         cos: np.ndarray,
         sin: np.ndarray,
     ) -> Any:
+        ops, eps = self.ops, self.cfg.rms_norm_eps
+        x = x + self._attend(ops.rms_norm(x, layer.attn_norm, eps), layer, cache, i, start,
+                             cos, sin)
+        return x + self._feed_forward(ops.rms_norm(x, layer.mlp_norm, eps), layer)
+
+    def _attend(
+        self,
+        h: Any,
+        layer: LlamaLayer,
+        cache: KVCache,
+        i: int,
+        start: int,
+        cos: np.ndarray,
+        sin: np.ndarray,
+    ) -> Any:
+        """Self-attention of the normed `h`, through the output projection."""
         ops, cfg = self.ops, self.cfg
-        t, hd = x.shape[0], cfg.head_dim
+        t, hd = h.shape[0], cfg.head_dim
         n_q, n_kv = cfg.n_heads, cfg.n_kv_heads
-        h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
         qkv = ops.linear(h, layer.wqkv, layer.bqkv)
-        if layer.q_norm is not None:  # per-head RMSNorm of q and k (Qwen3)
+        if layer.q_norm is not None:  # per-head RMSNorm of q and k (Qwen3, Gemma 3)
             q_end, k_end = n_q * hd, (n_q + n_kv) * hd
             qkv[:, :q_end] = ops.rms_norm(qkv[:, :q_end].reshape(t * n_q, hd), layer.q_norm,
                                           cfg.rms_norm_eps).reshape(t, q_end)
@@ -282,8 +347,15 @@ class LlamaModel(NativeModel):
         qk = ops.apply_rope(qkv[:, : (n_q + n_kv) * hd].reshape(t, n_q + n_kv, hd), cos, sin)
         values = qkv[:, (n_q + n_kv) * hd :].reshape(t, n_kv, hd)
         ops.store_kv(cache, i, start, qk[:, n_q:], values)
-        attn = ops.attention(qk[:, :n_q], cache, i, start, self.scale)
-        x = x + ops.linear(attn, layer.wo, layer.bo)
-        h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)
+        window, softcap = self.windows[i], self.attn_softcap
+        if window or softcap:  # (only numpy's attention takes these: see `cpu_only`)
+            attn = ops.attention(qk[:, :n_q], cache, i, start, self.scale, window, softcap)
+        else:
+            attn = ops.attention(qk[:, :n_q], cache, i, start, self.scale)
+        return ops.linear(attn, layer.wo, layer.bo)
+
+    def _feed_forward(self, h: Any, layer: LlamaLayer) -> Any:
+        """The gated MLP of the normed `h`."""
+        ops = self.ops
         hidden = ops.swiglu(ops.linear(h, layer.w_gate_up, layer.b_gate_up))
-        return x + ops.linear(hidden, layer.w_down, layer.b_down)
+        return ops.linear(hidden, layer.w_down, layer.b_down)

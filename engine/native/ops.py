@@ -104,34 +104,62 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
 
 
 def attention(
-    q: np.ndarray, cache: KVCache, layer: int, start: int, scale: float
+    q: np.ndarray, cache: KVCache, layer: int, start: int, scale: float,
+    window: int | None = None, softcap: float | None = None,
 ) -> np.ndarray:
     """Causal grouped-query attention of `q` `(T, heads, hd)` over the cached keys/values.
 
-    The cache must already hold this chunk's keys and values at `start .. start + T`.
-    Returns `(T, heads * hd)`.
+    The cache must already hold this chunk's keys and values at `start .. start + T`. With a
+    `window`, position i sees only positions j with i - j < window (sliding-window attention,
+    as in Mistral and Gemma); with `softcap`, scores become `softcap * tanh(score / softcap)`
+    (Gemma 2). Returns `(T, heads * hd)`.
     """
     t, n_heads, hd = q.shape
     end = start + t
+    low = max(0, start - window + 1) if window else 0  # the first position any query sees
     keys, values = cache.view(layer, end)  # (kv_heads, end, hd)
+    keys, values = keys[:, low:], values[:, low:]
     n_kv = keys.shape[0]
     group = n_heads // n_kv
     # (kv, group, T, hd): query heads sharing one kv head sit together
     qg = q.reshape(t, n_kv, group, hd).transpose(1, 2, 0, 3)
     if t == 1:
         qg = qg.reshape(n_kv, group, hd)
-        scores = np.matmul(qg, keys.transpose(0, 2, 1))  # (kv, group, end)
+        scores = np.matmul(qg, keys.transpose(0, 2, 1))  # (kv, group, end - low)
         scores *= np.float32(scale)
+        if softcap:
+            _softcap(scores, softcap)
         probs = softmax(scores)
         out = np.matmul(probs, values)  # (kv, group, hd)
         return out.reshape(1, n_heads * hd)
-    scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2))  # (kv, group, T, end)
+    scores = np.matmul(qg, keys[:, None].transpose(0, 1, 3, 2))  # (kv, group, T, end - low)
     scores *= np.float32(scale)
-    future = np.arange(end)[None, :] > (start + np.arange(t))[:, None]
-    scores[..., future] = -np.inf
+    if softcap:
+        _softcap(scores, softcap)
+    rows = start + np.arange(t)[:, None]
+    cols = np.arange(low, end)[None, :]
+    hidden = cols > rows
+    if window:
+        hidden |= rows - cols >= window
+    scores[..., hidden] = -np.inf
     probs = softmax(scores)
     out = np.matmul(probs, values[:, None])  # (kv, group, T, hd)
     return out.transpose(2, 0, 1, 3).reshape(t, n_heads * hd)
+
+
+def _softcap(scores: np.ndarray, cap: float) -> None:
+    """`cap * tanh(scores / cap)`, in place (Gemma 2's logit soft-capping)."""
+    scores *= np.float32(1.0 / cap)
+    np.tanh(scores, out=scores)
+    scores *= np.float32(cap)
+
+
+def gelu_glu(gate_up: np.ndarray) -> np.ndarray:
+    """GeGLU on a fused `[gate | up]` projection: `gelu_tanh(gate) * up` (Gemma)."""
+    half = gate_up.shape[-1] // 2
+    out = gelu_tanh(gate_up[:, :half])
+    out *= gate_up[:, half:]
+    return out
 
 
 class NumpyOps:
@@ -152,6 +180,7 @@ class NumpyOps:
     layer_norm = staticmethod(layer_norm)
     linear = staticmethod(linear)
     swiglu = staticmethod(swiglu)
+    gelu_glu = staticmethod(gelu_glu)
     gelu = staticmethod(gelu_tanh)
     apply_rope = staticmethod(apply_rope)
     attention = staticmethod(attention)

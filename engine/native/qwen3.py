@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.errors import ModelLoadError
-from engine.native.base import BuildProgress, Weights
+from engine.native.base import BuildProgress, Weights, cpu_only
 from engine.native.llama import LlamaModel
 from engine.native.ops import NumpyOps
 
@@ -18,7 +17,5 @@ class Qwen3Model(LlamaModel):
 
     def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
                  progress: BuildProgress | None = None) -> None:
-        if ops is not None and type(ops) is not NumpyOps:
-            raise ModelLoadError("qwen3 models run on the CPU only in the native backend "
-                                 "(their q/k norms are not in the OpenCL kernels)")
+        cpu_only(ops, "qwen3 models", "their q/k norms are not in the OpenCL kernels")
         super().__init__({**config, "qk_norm": True}, weights, ops, progress)

@@ -65,24 +65,53 @@ def test_config_options_it_would_get_wrong_are_refused_by_name(tmp_path: Path, o
     assert not (tmp_path / "onnx").exists()
 
 
-def test_a_sliding_window_limits_the_context_to_where_it_is_exact(tmp_path: Path) -> None:
-    """Mistral: with a sliding window of 16, attention is the same as full attention for the
-    first 16 positions, so the native engine and an ONNX export run 16 positions and refuse
-    more with one clear line, instead of answering wrongly after the window."""
+def test_sliding_window_layers_match_mlx_past_the_window(tmp_path: Path) -> None:
+    """Sliding-window layers (window 8) attend to the last 8 positions only, in one prefill,
+    in chunks and token by token alike, equal to mlx-lm far past the window (a LLaMA config
+    with `layer_types`, which mlx-lm runs; it needs one full-attention layer). Mistral's
+    window covers every layer. Engines with full attention (ONNX, MLX on a Mistral config)
+    still get the window as their context."""
     from engine.formats.hf_folder import context_length
 
-    config = llama_config(model_type="mistral", architectures=["MistralForCausalLM"],
-                          sliding_window=16, max_position_embeddings=128)
-    folder = write_folder(tmp_path / "mistral", config, llama_weights(config))
-    assert context_length(config) == 16
-    assert context_length({**config, "use_sliding_window": False}) == 128
+    kinds = ["sliding_attention", "full_attention", "sliding_attention"]
+    config = llama_config(sliding_window=8, layer_types=kinds)
+    folder = write_folder(tmp_path / "windowed", config, llama_weights(config))
     loaded = load_model(folder)
     net = build_model(loaded.config, loaded.weights)
-    assert net.max_positions == 16
-    tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17])
-    ours = net.forward(tokens, net.new_cache(16), 0, all_logits=True)
-    reference = mlx_logits(folder, tokens)  # mlx-lm: full attention, equal within the window
+    assert net.max_positions == 128 and net.windows == (8, None, 8)
+    tokens = np.random.default_rng(3).integers(0, 300, 40)
+    ours = net.forward(tokens, net.new_cache(64), 0, all_logits=True)
+    reference = mlx_logits(folder, tokens)
+    full = mlx_logits(write_folder(tmp_path / "full", llama_config(), llama_weights(config)),
+                      tokens)
     assert np.abs(ours - reference).max() / np.abs(reference).max() < 1e-4
+    assert np.abs(ours[8:] - full[8:]).max() > 1e-2  # the window changes the answer
+    cache = net.new_cache(64)
+    chunked = np.concatenate([net.forward(tokens[:13], cache, 0, all_logits=True),
+                              net.forward(tokens[13:30], cache, 13, all_logits=True)]
+                             + [net.forward(tokens[i : i + 1], cache, i, all_logits=True)
+                                for i in range(30, 40)])
+    assert np.abs(chunked - ours).max() < 1e-4
+
+    mistral = llama_config(model_type="mistral", architectures=["MistralForCausalLM"],
+                           sliding_window=8, max_position_embeddings=128)
+    assert context_length(mistral) == 8 and context_length(mistral, windowed=True) == 128
+    assert build_model(mistral, llama_weights(mistral)).windows == (8, 8, 8)
+    assert build_model({**mistral, "use_sliding_window": False},
+                       llama_weights(mistral)).windows == (None, None, None)
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ({"layer_types": ["full_attention", "chunked_attention", "full_attention"]},
+     "layer_types value 'chunked_attention'"),
+    ({"layer_types": ["full_attention"]}, "layer_types must list one type per layer"),
+    ({"layer_types": ["sliding_attention"] * 3, "sliding_window": None}, "sliding_window=None"),
+])
+def test_layer_types_it_cannot_run_are_refused_by_name(override: dict, named: str) -> None:
+    from engine.native.llama import LlamaConfig
+
+    with pytest.raises(ModelLoadError, match=re.escape(named)):
+        LlamaConfig.from_hf(llama_config(**override))
 
 
 def test_context_length_reads_every_key_models_use() -> None:

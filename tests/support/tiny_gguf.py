@@ -24,7 +24,7 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
                      seed: int = 0, arch: str = "llama", layers: int = 1,
                      head_dim: int | None = None, qkv_bias: bool = False,
                      qk_norm: bool = False, rope_freqs: bool = False,
-                     untied: bool = False) -> Path:
+                     untied: bool = False, sliding_window: int | None = None) -> Path:
     """A small LLaMA-layout GGUF (d=64, 4 heads, 2 kv heads) with the bundled tokenizer, written
     as llama.cpp's converter writes `arch` ("llama", "qwen2", "qwen3").
 
@@ -51,6 +51,8 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_dimension_count(hd)
+    if sliding_window:
+        writer.add_sliding_window(sliding_window)
     if head_dim:
         writer.add_key_length(hd)
         writer.add_value_length(hd)
@@ -150,6 +152,77 @@ def write_gpt2_gguf(path: Path, *, untied: bool, seed: int = 0) -> Path:
     writer.add_tensor("output_norm.bias", rand(d))
     if untied:
         writer.add_tensor("output.weight", rand(vocab, d, scale=0.5))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_gemma_gguf(path: Path, *, arch: str, layers: int, sliding_window: int = 4,
+                     seed: int = 0, renames: dict[int, str] | None = None) -> Path:
+    """A small Gemma 2 or Gemma 3 GGUF (d=64, 4 heads of 32, 2 kv heads) with the bundled
+    tokenizer, written as llama.cpp's converter writes them: RMSNorm weights stored plus one,
+    no q/k permutation, soft-capping (Gemma 2) or q/k norms and a sliding-layer rope base
+    (Gemma 3), tied embeddings. `renames`: token id -> new text (made a control token)."""
+    tok = bundled_tokenizer()
+    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
+    types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
+    for i, text in (renames or {}).items():
+        tokens[i] = text
+        types[i] = int(gguf.TokenType.CONTROL)
+    vocab, d, heads, kv, hd, ff = len(tokens), 64, 4, 2, 32, 128
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_context_length(256)
+    writer.add_embedding_length(d)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_key_length(hd)
+    writer.add_value_length(hd)
+    writer.add_sliding_window(sliding_window)
+    if arch == "gemma2":
+        writer.add_attn_logit_softcapping(20.0)
+        writer.add_final_logit_softcapping(15.0)
+    else:
+        writer.add_rope_freq_base(1_000_000.0)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
+    writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
+    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
+    writer.add_add_bos_token(False)
+    rng = np.random.default_rng(seed)
+
+    def rand(*shape: int, scale: float = 0.05) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def norm(n: int) -> np.ndarray:  # the converter writes Gemma's norms as 1 + weight
+        return 1 + rand(n, scale=0.2)
+
+    writer.add_tensor("token_embd.weight", rand(vocab, d, scale=0.1))
+    for i in range(layers):
+        b = f"blk.{i}."
+        writer.add_tensor(b + "attn_norm.weight", norm(d))
+        writer.add_tensor(b + "attn_q.weight", rand(heads * hd, d, scale=0.2))
+        writer.add_tensor(b + "attn_k.weight", rand(kv * hd, d, scale=0.2))
+        writer.add_tensor(b + "attn_v.weight", rand(kv * hd, d, scale=0.2))
+        if arch == "gemma3":
+            writer.add_tensor(b + "attn_q_norm.weight", norm(hd))
+            writer.add_tensor(b + "attn_k_norm.weight", norm(hd))
+        writer.add_tensor(b + "attn_output.weight", rand(d, heads * hd, scale=0.2))
+        writer.add_tensor(b + "post_attention_norm.weight", norm(d))
+        writer.add_tensor(b + "ffn_norm.weight", norm(d))
+        writer.add_tensor(b + "ffn_gate.weight", rand(ff, d, scale=0.2))
+        writer.add_tensor(b + "ffn_up.weight", rand(ff, d, scale=0.2))
+        writer.add_tensor(b + "ffn_down.weight", rand(d, ff, scale=0.2))
+        writer.add_tensor(b + "post_ffw_norm.weight", norm(d))
+    writer.add_tensor("output_norm.weight", norm(d))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
