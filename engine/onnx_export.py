@@ -30,6 +30,7 @@ from engine.errors import BackendUnavailableError, LampchatError, ModelLoadError
 from engine.formats.loader import load_model
 from engine.native.llama import LlamaConfig, rope_inv_freq
 from engine.native.ops import rope_tables
+from engine.native.phi3 import split_fused
 
 Progress = Callable[[float, str], None]
 
@@ -310,16 +311,12 @@ def export_onnx(
 
     report(0.0, f"reading {src_path.name}")
     loaded = load_model(src_path, lambda f, w: report(0.5 * f, w), np.float32)
-    if loaded.model_type not in ("llama", "mistral"):
-        raise LampchatError(
-            f"ONNX export supports LLaMA-family models; {src_path} is {loaded.model_type!r}"
-        )
-    LlamaConfig.from_hf(loaded.config)  # refuses, by name, what the graph would get wrong
+    config = exportable_config(loaded.config, loaded.weights, src_path)
     if loaded.tokenizer is None:
         raise ModelLoadError(f"the model has no tokenizer: {src_path}")
     n_layers = int(loaded.config.get("num_hidden_layers", 0))
     source_format, quantization = loaded.format, loaded.quantization
-    model = build_llama_graph(loaded.config, loaded.weights, int8,
+    model = build_llama_graph(config, loaded.weights, int8,
                               lambda f: report(0.5 + 0.3 * f, "building the graph"))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -347,6 +344,40 @@ def export_onnx(
     return OnnxExportResult(out_dir=out, source_format=source_format, quantization=quantization,
                             n_layers=n_layers, n_params=n_params, bytes_written=written,
                             int8=int8)
+
+
+EXPORTABLE = ("llama", "mistral", "qwen2", "phi3")
+"""The model types the exported graph computes exactly."""
+
+NOT_EXPORTABLE = {
+    "qwen3": "q/k norms",
+    "gemma2": "GeGLU, soft-capping and sliding-window layers",
+    "gemma3_text": "GeGLU, q/k norms and sliding-window layers",
+    "gpt2": "learned positions and LayerNorm",
+}
+"""Model types the native engine runs but the graph does not, and what it lacks for them."""
+
+
+def exportable_config(config: dict[str, Any], weights: dict[str, np.ndarray],
+                      src: Path) -> dict[str, Any]:
+    """The LLaMA config the graph is built from (Qwen2's biases, Phi-3's fused weights split
+    in place), or a one-line refusal naming what the graph would get wrong."""
+    model_type = str(config.get("model_type"))
+    if model_type not in EXPORTABLE:
+        lacks = NOT_EXPORTABLE.get(model_type)
+        why = f"the exported graph has no {lacks}" if lacks else "not a LLaMA-family model"
+        raise LampchatError(f"ONNX export runs {', '.join(EXPORTABLE)} models; {src} is "
+                            f"{model_type!r} ({why})")
+    if model_type == "qwen2":
+        config = {**config, "attention_bias": True}
+    if model_type == "phi3":
+        split_fused(config, weights)
+    cfg = LlamaConfig.from_hf(config)  # refuses, by name, what no engine runs
+    kind = (cfg.rope_scaling or {}).get("rope_type")
+    if kind == "longrope":
+        raise LampchatError(f"ONNX export does not run rope_scaling type 'longrope' ({src}): "
+                            "its factors switch with the context")
+    return config
 
 
 def _mark_onnx_config(path: Path, int8: bool) -> None:

@@ -75,8 +75,11 @@ PROVIDER_HINTS = {
     "rocm": "install an onnxruntime build with ROCm or MIGraphX",
 }
 
-PREFERRED_FILES = ("model.onnx", "decoder_model_merged.onnx", "model_quantized.onnx")
-"""Which .onnx file of a folder to run: Lampchat's and genai's name, optimum's merged decoder."""
+PREFERRED_FILES = ("model.onnx", "decoder_model_merged.onnx", "decoder_with_past_model.onnx",
+                   "model_quantized.onnx")
+"""Which .onnx file of a folder to run: Lampchat's and genai's name, optimum's merged decoder,
+or the with-past half of optimum's older split export (its `decoder_model.onnx` has no KV
+cache; the with-past one runs the first step too, from an empty cache)."""
 
 _KV_DEVICE = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
 """Providers whose KV cache stays in device memory between steps."""

@@ -224,7 +224,7 @@ class GGUFModel:
             if window:
                 cfg["sliding_window"] = int(window)
             if "rope_factors_long.weight" in names:  # Phi-3 128k: LongRoPE
-                cfg["rope_scaling"] = {"rope_type": "longrope"}
+                cfg["rope_scaling"] = self._longrope(cfg)
             freqs = next((t for t in self.file.tensors if t.name == "rope_freqs.weight"), None)
             if freqs is not None:  # Llama 3.1+: RoPE frequency factors, as llama.cpp applies them
                 cfg["rope_freq_factors"] = [float(v) for v in self.file.array(freqs).ravel()]
@@ -256,6 +256,26 @@ class GGUFModel:
             cfg["eos_token_id"] = int(eos)
         cfg["torch_dtype"] = "float32"
         return cfg
+
+    def _longrope(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """LongRoPE's parameters as Phi-3's converter stores them: factor tensors, the
+        pretrained context and the attention factor."""
+        factors = {t.name: [float(v) for v in self.file.array(t).ravel()]
+                   for t in self.file.tensors
+                   if t.name in ("rope_factors_long.weight", "rope_factors_short.weight")}
+        scaling: dict[str, Any] = {
+            "rope_type": "longrope",
+            "long_factor": factors["rope_factors_long.weight"],
+            "short_factor": factors.get("rope_factors_short.weight",
+                                        factors["rope_factors_long.weight"]),
+        }
+        original = self.arch_field("rope.scaling.original_context_length")
+        if original:
+            cfg["original_max_position_embeddings"] = int(original)
+        attention = self.arch_field("rope.scaling.attn_factor")
+        if attention is not None:
+            scaling["attention_factor"] = float(attention)
+        return scaling
 
     def _gemma_config(self, cfg: dict[str, Any]) -> None:
         """The Gemma keys of `cfg`, as llama.cpp reads the file."""

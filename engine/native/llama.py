@@ -69,9 +69,11 @@ class LlamaConfig:
         kind = rope.get("rope_type", rope.get("type", "default")) if rope else "default"
         if kind == "default":
             rope = None
+        elif kind in ("longrope", "su"):
+            rope = longrope_parameters(config, rope, hidden // n_heads)
         elif kind not in ("linear", "llama3"):
             raise ModelLoadError(f"rope_scaling type {kind!r} is not supported natively "
-                                 "(it runs default, linear and llama3)")
+                                 "(it runs default, linear, llama3 and longrope)")
         return cls(
             vocab_size=config_int(config, "vocab_size"),
             hidden_size=hidden,
@@ -92,6 +94,29 @@ class LlamaConfig:
             if config.get("rope_freq_factors") else None,
             windows=layer_windows(config),
         )
+
+
+def longrope_parameters(config: dict[str, Any], rope: dict[str, Any],
+                        default_head_dim: int) -> dict[str, Any]:
+    """Phi-3's LongRoPE ("su") parameters, checked: per-pair `short_factor`/`long_factor`,
+    the pretrained context they switch at, and the attention factor (transformers' default
+    when absent: `sqrt(1 + ln(factor) / ln(original))`)."""
+    half = int(config.get("head_dim") or default_head_dim) // 2
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        value = rope.get(key)
+        if not isinstance(value, list) or len(value) != half:
+            raise ModelLoadError(f"rope_scaling {key} must list {half} numbers for LongRoPE")
+        factors[key] = [float(v) for v in value]
+    length = config_int(config, "max_position_embeddings")
+    original = int(config.get("original_max_position_embeddings")
+                   or rope.get("original_max_position_embeddings") or length)
+    factor = length / original
+    attention = rope.get("attention_factor")
+    if attention is None:
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    return {"rope_type": "longrope", **factors, "original_max_position_embeddings": original,
+            "attention_factor": float(attention)}
 
 
 def layer_windows(config: dict[str, Any]) -> tuple[int | None, ...]:
@@ -149,8 +174,9 @@ def refuse_unsupported(config: dict[str, Any]) -> None:
                              "natively")
 
 
-def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
-    """Inverse frequencies for RoPE, with "linear" or "llama3" scaling when configured."""
+def rope_inv_freq(cfg: LlamaConfig, long: bool = False) -> np.ndarray:
+    """Inverse frequencies for RoPE, with "linear", "llama3" or "longrope" scaling when
+    configured (`long`: LongRoPE's long factors, for contexts past the pretrained one)."""
     hd = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     if cfg.rope_freq_factors is not None:
@@ -165,6 +191,8 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
     factor = float(scaling.get("factor", 1.0))
     if kind == "linear":
         return inv / factor
+    if kind == "longrope":
+        return inv / np.asarray(scaling["long_factor" if long else "short_factor"], np.float64)
     if kind == "llama3":
         low = float(scaling.get("low_freq_factor", 1.0))
         high = float(scaling.get("high_freq_factor", 4.0))
@@ -279,7 +307,9 @@ class LlamaModel(NativeModel):
         if any(self.windows):
             cpu_only(ops, f"{config.get('model_type', 'llama')} models with a sliding window",
                      "the OpenCL attention kernel has no window")
-        self.tables = [rope_tables(hd, cfg.max_positions, cfg.rope_theta, rope_inv_freq(cfg))]
+        self.long_rope: bool | None = None
+        """LongRoPE: whether the global table holds the long factors (None: no LongRoPE)."""
+        self.tables = [self._global_rope(long=False)]
         self.layer_table = [0] * cfg.n_layers
         """Which of `tables` (cos, sin) each layer rotates with."""
         self.embed_scale: float | None = None
@@ -287,6 +317,26 @@ class LlamaModel(NativeModel):
         self.final_softcap: float | None = None
         if progress:
             progress(1.0)
+
+    def _global_rope(self, long: bool) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin of the (scaled) global RoPE, times LongRoPE's attention factor."""
+        cfg = self.cfg
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_positions, cfg.rope_theta,
+                               rope_inv_freq(cfg, long))
+        if cfg.rope_scaling and cfg.rope_scaling.get("rope_type") == "longrope":
+            self.long_rope = long
+            mscale = np.float32(cfg.rope_scaling["attention_factor"])
+            cos, sin = cos * mscale, sin * mscale
+        return cos, sin
+
+    def new_cache(self, n_ctx: int) -> KVCache:
+        """An empty cache for `n_ctx` positions. With LongRoPE the factors follow the context
+        as in llama.cpp: the long ones when `n_ctx` exceeds the pretrained context."""
+        if self.long_rope is not None:
+            long = n_ctx > self.cfg.rope_scaling["original_max_position_embeddings"]
+            if long != self.long_rope:
+                self.tables[0] = self._global_rope(long)
+        return super().new_cache(n_ctx)
 
     def forward(
         self, tokens: np.ndarray, cache: KVCache, start: int, all_logits: bool = False

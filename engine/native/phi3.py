@@ -1,6 +1,6 @@
 """Phi-3: the LLaMA layout with q/k/v fused in one `qkv_proj` and gate/up in one
-`gate_up_proj` (gate first), untied embeddings. Phi-3's 4k models run; the 128k ones use
-LongRoPE scaling, which is refused by name (`rope_scaling type 'longrope'`)."""
+`gate_up_proj` (gate first), untied embeddings, a sliding window on every layer. The 128k
+models' LongRoPE is in `engine.native.llama` (`longrope_parameters`)."""
 
 from __future__ import annotations
 

@@ -209,14 +209,12 @@ def test_mlx_lm_is_given_the_rope_base_transformers_v5_writes_under_rope_paramet
     assert_same_logits(net.forward(tokens, net.new_cache(32), 0, all_logits=True), reference)
 
 
-def test_phi3_folder_matches_mlx_lm(tmp_path: Path) -> None:
-    """Phi-3 (fused qkv_proj and gate_up_proj, untied head) as transformers writes it, against
-    mlx-lm's own Phi-3; and a 128k Phi-3 (LongRoPE) is refused by name."""
-    from engine.registry import readers
-
-    config = llama_config(model_type="phi3", architectures=["Phi3ForCausalLM"],
-                          tie_word_embeddings=False, sliding_window=None,
-                          original_max_position_embeddings=128)
+def _phi3_folder(folder: Path, **overrides) -> Path:
+    """A Phi-3 folder (fused qkv_proj and gate_up_proj, untied head) as transformers writes
+    it."""
+    config = llama_config(**{"model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
+                             "tie_word_embeddings": False, "sliding_window": None,
+                             "original_max_position_embeddings": 128, **overrides})
     weights = llama_weights(config)
     for i in range(config["num_hidden_layers"]):
         p = f"model.layers.{i}."
@@ -224,14 +222,47 @@ def test_phi3_folder_matches_mlx_lm(tmp_path: Path) -> None:
             [weights.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
         weights[p + "mlp.gate_up_proj.weight"] = np.concatenate(
             [weights.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
-    folder = write_folder(tmp_path / "phi3", config, weights)
+    return write_folder(folder, config, weights)
+
+
+def test_phi3_folder_matches_mlx_lm(tmp_path: Path) -> None:
+    from engine.registry import readers
+
+    folder = _phi3_folder(tmp_path / "phi3")
     loaded = load_model(folder)
     net = build_model(loaded.config, loaded.weights)
     tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17])
     ours = net.forward(tokens, net.new_cache(64), 0, all_logits=True)
     assert_same_logits(ours, mlx_logits(folder, tokens))
     assert "native" in readers("safetensors", "phi3")
-    longrope = {**config, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 8,
-                                           "long_factor": [2.0] * 8}}
-    with pytest.raises(ModelLoadError, match="rope_scaling type 'longrope'"):
-        build_model(longrope, dict(weights))
+
+
+@pytest.mark.parametrize("n_ctx", [256, 1024])
+def test_phi3_longrope_gguf_matches_llama_cpp_short_and_long(tmp_path: Path, n_ctx: int) -> None:
+    """Phi-3 128k's LongRoPE as its converter writes it (factor tensors, pretrained context
+    512, attention factor): llama.cpp rotates with the short factors while the context fits
+    the pretrained one and with the long ones past it, and so does the native engine."""
+    path = write_llama_gguf(tmp_path / "phi3.gguf", arch="phi3", layers=2, untied=True,
+                            longrope=True)
+    ids, ref = llama_cpp_logits(path, PROMPT, n_ctx)
+    assert_same_logits(native_logits(path, ids, n_ctx), ref)
+    other = native_logits(path, ids, 1024 if n_ctx == 256 else 256)
+    assert np.abs(other - ref).max() > 0.1  # the other factors are far off
+
+
+def test_phi3_longrope_folder_matches_mlx_lm_and_bad_factors_are_refused(tmp_path: Path) -> None:
+    """mlx-lm always rotates with the long factors: equal to the native engine with a
+    context past the pretrained one."""
+    half = 8  # head_dim 16
+    rope = {"type": "longrope", "short_factor": np.linspace(1, 2, half).tolist(),
+            "long_factor": np.geomspace(1, 30, half).tolist()}
+    folder = _phi3_folder(tmp_path / "phi3", rope_scaling=rope, max_position_embeddings=512,
+                          original_max_position_embeddings=64)
+    loaded = load_model(folder)
+    net = build_model(loaded.config, loaded.weights)
+    tokens = np.random.default_rng(4).integers(0, 300, 30)
+    ours = net.forward(tokens, net.new_cache(128), 0, all_logits=True)
+    assert_same_logits(ours, mlx_logits(folder, tokens))
+    bad = {**loaded.config, "rope_scaling": {**rope, "long_factor": [1.0] * 3}}
+    with pytest.raises(ModelLoadError, match="long_factor must list 8 numbers"):
+        build_model(bad, load_model(folder).weights)

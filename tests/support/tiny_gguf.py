@@ -10,6 +10,10 @@ import numpy as np
 
 from engine.models import default_model_path
 
+LONG_FACTORS = np.geomspace(1.0, 40.0, 64).astype(np.float32)
+SHORT_FACTORS = np.linspace(1.0, 1.5, 64).astype(np.float32)
+"""LongRoPE factors for the tiny models (the first head_dim / 2 of them)."""
+
 
 def bundled_tokenizer() -> dict[str, object]:
     """The bundled SmolLM2's tokenizer fields (GGUF keys -> values)."""
@@ -24,7 +28,8 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
                      seed: int = 0, arch: str = "llama", layers: int = 1,
                      head_dim: int | None = None, qkv_bias: bool = False,
                      qk_norm: bool = False, rope_freqs: bool = False,
-                     untied: bool = False, sliding_window: int | None = None) -> Path:
+                     untied: bool = False, sliding_window: int | None = None,
+                     longrope: bool = False) -> Path:
     """A small LLaMA-layout GGUF (d=64, 4 heads, 2 kv heads) with the bundled tokenizer, written
     as llama.cpp's converter writes `arch` ("llama", "qwen2", "qwen3").
 
@@ -32,7 +37,8 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     embed (None: none); `zero_logits`: the final norm is zero, so every logit is 0 and greedy
     picks token 0; `head_dim`: other than d/heads (written as attention.key_length);
     `qkv_bias`, `qk_norm`, `rope_freqs` (Llama 3.1's frequency factors), `untied`: those
-    tensors too."""
+    tensors too; `longrope`: Phi-3's LongRoPE (context 2048, pretrained 512), as its converter
+    writes it."""
     tok = bundled_tokenizer()
     tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
     types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
@@ -42,7 +48,7 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     vocab, d, heads, kv, ff = len(tokens), 64, 4, 2, 128
     hd = head_dim or d // heads
     writer = gguf.GGUFWriter(path, arch)
-    writer.add_context_length(256)
+    writer.add_context_length(2048 if longrope else 256)
     writer.add_embedding_length(d)
     writer.add_block_count(layers)
     writer.add_feed_forward_length(ff)
@@ -75,6 +81,11 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     writer.add_tensor("token_embd.weight", rand(vocab, d, scale=0.3))
     if rope_freqs:
         writer.add_tensor("rope_freqs.weight", rng.uniform(1.0, 8.0, hd // 2).astype(np.float32))
+    if longrope:
+        writer.add_rope_scaling_orig_ctx_len(512)
+        writer.add_rope_scaling_attn_factors(float(np.sqrt(1 + np.log(4) / np.log(512))))
+        writer.add_tensor("rope_factors_long.weight", LONG_FACTORS[: hd // 2])
+        writer.add_tensor("rope_factors_short.weight", SHORT_FACTORS[: hd // 2])
     for i in range(layers):
         b = f"blk.{i}."
         writer.add_tensor(b + "attn_norm.weight", 1 + rand(d))
