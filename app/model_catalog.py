@@ -27,6 +27,7 @@ import platformdirs
 
 from app.atomic_file import atomic_write_text
 from app.model_metadata import ModelMeta, read_metadata
+from engine.chat_template import BUILTINS
 from engine.errors import LampchatError, UnknownFormatError
 from engine.formats.detect import detect_format
 from engine.models import default_model_path
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "model-catalog.json"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 MAX_FILES_SCANNED = 50_000
 """Stop scanning a folder tree after this many files (e.g. `model.dirs = ["~"]`)."""
 MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".npz"})
@@ -68,6 +69,11 @@ def list_models(
     default_real = os.path.realpath(default.path) if default and default.path else None
     others = [e for e in found if os.path.realpath(e.path) != default_real]
     others.sort(key=lambda e: (e.name.casefold(), e.path))
+    chosen = (config.get("model.chat_template") or "").strip() if config is not None else ""
+    if chosen:  # the configured template replaces every model's own
+        label = f"chosen ({chosen})" if chosen in BUILTINS else f"file {chosen}"
+        default = replace(default, chat_template=label) if default else None
+        others = [replace(e, chat_template=label) for e in others]
     remote = remote_entries(config) if include_remote else []
     if default is not None and default.format == "remote":
         remote = [e for e in remote if (e.path, e.endpoint) != (default.path, default.endpoint)]
@@ -272,6 +278,7 @@ def describe(path: Path, cache: MetadataCache | None = None, preferred: str = "a
         n_params=meta.n_params,
         context_length=meta.context_length,
         error=error,
+        chat_template=meta.chat_template,
     )
 
 

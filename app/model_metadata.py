@@ -16,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.chat_template import BUILTINS, builtin_for
 from engine.errors import LampchatError
-from engine.formats.hf_folder import context_length, read_config, safetensors_files
+from engine.formats.gguf_reader import GEMMA_ARCHES
+from engine.formats.hf_folder import (
+    context_length,
+    read_config,
+    safetensors_files,
+    tokenizer_config,
+)
 from engine.formats.safetensors_io import read_header
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,9 @@ class ModelMeta:
     error: str | None = None
     architecture: str | None = None
     """GGUF `general.architecture` or config.json `model_type`: which backends can run it."""
+    chat_template: str | None = None
+    """Where the chat template comes from: the model's own ("gguf", "tokenizer_config.json",
+    "chat_template.jinja") or "built-in (NAME)" for a model that ships none."""
 
 
 def read_metadata(path: Path, fmt: str) -> ModelMeta:
@@ -55,7 +65,7 @@ def read_metadata(path: Path, fmt: str) -> ModelMeta:
         log.warning("could not read the metadata of %s", path, exc_info=True)
         return ModelMeta(file_size=size, error=f"cannot read {path.name}: {exc}")
     return ModelMeta(size, meta.quantization, meta.n_params, meta.context_length, meta.error,
-                     meta.architecture)
+                     meta.architecture, meta.chat_template)
 
 
 def total_size(path: Path) -> int | None:
@@ -126,6 +136,24 @@ class _Cursor:
             raise _Damaged("the header runs past the end of the file")
         self.pos = pos
 
+    def find_strings(self, count: int, wanted: frozenset[bytes]) -> set[str]:
+        """Skip `count` strings like `skip_strings`, returning those of them in `wanted`."""
+        data, pos, size = self.data, self.pos, len(self.data)
+        read_len = _U64.unpack_from
+        lengths = {len(w) for w in wanted}
+        found = set()
+        for _ in range(count):
+            if pos + 8 > size:
+                raise _Damaged("the header runs past the end of the file")
+            n = read_len(data, pos)[0]
+            if n in lengths and data[pos + 8 : pos + 8 + n] in wanted:
+                found.add(data[pos + 8 : pos + 8 + n].decode())
+            pos += 8 + n
+        if pos > size:
+            raise _Damaged("the header runs past the end of the file")
+        self.pos = pos
+        return found
+
     def value(self, vtype: int, keep: bool) -> Any:
         if vtype in _SCALAR:
             return self.unpack(_SCALAR[vtype])
@@ -171,9 +199,18 @@ def _parse_gguf(path: Path, data: mmap.mmap) -> ModelMeta:
     n_tensors, n_kv = cur.unpack("<Q"), cur.unpack("<Q")
     fields: dict[str, Any] = {}
     arch = ""
+    own_template = False
+    specials: set[str] = set()
     for _ in range(n_kv):
         key = cur.string()
         vtype = cur.unpack("<I")
+        own_template = own_template or key == "tokenizer.chat_template"
+        if key == "tokenizer.ggml.tokens" and vtype == _ARRAY:
+            item_type, count = cur.unpack("<I"), cur.unpack("<Q")
+            if item_type != _STRING:
+                raise _Damaged("tokenizer.ggml.tokens is not a list of strings")
+            specials = cur.find_strings(count, TEMPLATE_TOKENS)
+            continue
         keep = key in _WANTED or key.endswith(".context_length")
         value = cur.value(vtype, keep)
         if keep:
@@ -203,12 +240,22 @@ def _parse_gguf(path: Path, data: mmap.mmap) -> ModelMeta:
     if end > len(data):
         return ModelMeta(error=f"GGUF file is truncated ({len(data)} of {end} bytes): {path}")
     context = fields.get(f"{arch}.context_length")
+    family = GEMMA_ARCHES.get(arch, arch) or None  # as the HF model_type names it
     return ModelMeta(
         quantization=_gguf_quantization(fields.get("general.file_type"), type_counts),
         n_params=sum(n for n, _t, _o in shapes),
         context_length=int(context) if context else None,
-        architecture=arch or None,
+        architecture=family,
+        chat_template="gguf" if own_template else _builtin(family, specials),
     )
+
+
+TEMPLATE_TOKENS = frozenset(t.encode() for b in BUILTINS.values() for t in b.requires)
+"""The special tokens that decide which built-in template a model without one gets."""
+
+
+def _builtin(family: str | None, vocabulary: set[str]) -> str:
+    return f"built-in ({builtin_for(family, vocabulary).name})"
 
 
 def _gguf_quantization(file_type: Any, type_counts: Counter[int]) -> str | None:
@@ -253,10 +300,24 @@ def folder_metadata(folder: Path) -> ModelMeta:
     config = read_config(folder) if (folder / "config.json").is_file() else {}
     weights = safetensors_metadata(safetensors_files(folder))
     quant = _config_quantization(config) or weights.quantization
-    model_type = config.get("model_type")
+    model_type = str(config["model_type"]).lower() if config.get("model_type") else None
     return ModelMeta(quantization=quant, n_params=weights.n_params,
-                     context_length=_config_context(config),
-                     architecture=str(model_type).lower() if model_type else None)
+                     context_length=_config_context(config), architecture=model_type,
+                     chat_template=_folder_template(folder, model_type))
+
+
+def _folder_template(folder: Path, family: str | None) -> str:
+    """Where a folder's chat template comes from (see `ModelMeta.chat_template`); the
+    special tokens of a model without one are read from tokenizer_config.json."""
+    if (folder / "chat_template.jinja").is_file():
+        return "chat_template.jinja"
+    tcfg = tokenizer_config(folder)
+    if tcfg.get("chat_template"):
+        return "tokenizer_config.json"
+    added = tcfg.get("added_tokens_decoder")
+    names = {str(t.get("content")) for t in added.values() if isinstance(t, dict)} \
+        if isinstance(added, dict) else set()
+    return _builtin(family, names)
 
 
 def _config_context(config: dict[str, Any]) -> int | None:

@@ -30,6 +30,8 @@ class ModelEntry:
     endpoint: str | None = None
     error: str | None = None
     is_default: bool = False
+    chat_template: str | None = None
+    """Which chat template the model is run with, and where it comes from."""
 
     @property
     def backend(self) -> str:

@@ -276,9 +276,9 @@ class ModelTable(Vertical):
             detail.update(Text(f"{where}\n{entry.error}"))
             return
         count = f"{len(self._shown)} of {len(self._entries)} models"
-        hint = ""
+        hint = f" · template: {entry.chat_template}" if entry.chat_template else ""
         if len(entry.backends) > 1:
-            hint = f" · backends: {', '.join(entry.backends)} (Tab switches)"
+            hint += f" · backends: {', '.join(entry.backends)} (Tab switches)"
         detail.update(Text(f"{where}\n{count}{hint}"))
 
 

@@ -223,6 +223,9 @@ class GGUFModel:
             window = self.arch_field("attention.sliding_window")
             if window:
                 cfg["sliding_window"] = int(window)
+                if arch == "llama":  # Mistral is written as llama; its window is recorded
+                    cfg["model_type"] = "mistral"
+                    cfg["architectures"] = ["MistralForCausalLM"]
             if "rope_factors_long.weight" in names:  # Phi-3 128k: LongRoPE
                 cfg["rope_scaling"] = self._longrope(cfg)
             freqs = next((t for t in self.file.tensors if t.name == "rope_freqs.weight"), None)

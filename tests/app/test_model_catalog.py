@@ -317,3 +317,28 @@ def test_remote_default_model_is_not_reported_missing(tmp_path: Path) -> None:
     assert entries[0].is_default and entries[0].error is None
     assert (entries[0].path, entries[0].format, entries[0].endpoint) == ("llama3:8b", "remote",
                                                                          "box")
+
+
+def test_each_entry_says_which_chat_template_it_runs_with(tmp_path: Path) -> None:
+    """The model's own (GGUF, tokenizer_config.json), else the built-in its family and
+    special tokens pick (as the backends pick it), else the configured one for every model."""
+    from tests.support.tiny_gguf import write_gemma_gguf
+
+    root = tmp_path / "models"
+    root.mkdir()
+    write_gemma_gguf(root / "gemma-own-turns.gguf", arch="gemma3", layers=1,
+                     renames={0: "<end_of_turn>", 1: "<start_of_turn>", 2: "<eos>"})
+    write_gemma_gguf(root / "gemma-chatml-vocab.gguf", arch="gemma3", layers=1)
+    make_hf_folder(root / "hf-with-template")
+    (root / "hf-with-template" / "tokenizer_config.json").write_text(
+        json.dumps({"chat_template": "{{ messages[0].content }}"}))
+    entries = by_name(list_models(config_for(tmp_path, root), cache_path=tmp_path / "c.json"))
+    assert entries["gemma-own-turns"].chat_template == "built-in (gemma)"
+    assert entries["gemma-chatml-vocab"].chat_template == "built-in (chatml)"
+    assert entries["hf-with-template"].chat_template == "tokenizer_config.json"
+    assert entries["hf-with-template"].backends[0] == "native"
+    default = list_models(config_for(tmp_path, root), cache_path=tmp_path / "c.json")[0]
+    assert default.chat_template == "gguf"  # the bundled SmolLM2 ships its own
+    chosen = config_for(tmp_path, root, extra='chat_template = "llama3"\n')
+    assert {e.chat_template for e in list_models(chosen, cache_path=tmp_path / "c.json")
+            if e.format != "remote"} == {"chosen (llama3)"}

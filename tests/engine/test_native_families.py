@@ -72,6 +72,7 @@ def test_sliding_window_layers_match_mlx_past_the_window(tmp_path: Path) -> None
     window covers every layer. Engines with full attention (ONNX, MLX on a Mistral config)
     still get the window as their context."""
     from engine.formats.hf_folder import context_length
+    from engine.native.llama import LlamaConfig
 
     kinds = ["sliding_attention", "full_attention", "sliding_attention"]
     config = llama_config(sliding_window=8, layer_types=kinds)
@@ -99,6 +100,12 @@ def test_sliding_window_layers_match_mlx_past_the_window(tmp_path: Path) -> None
     assert build_model(mistral, llama_weights(mistral)).windows == (8, 8, 8)
     assert build_model({**mistral, "use_sliding_window": False},
                        llama_weights(mistral)).windows == (None, None, None)
+    phi3 = {**mistral, "model_type": "phi3"}  # transformers' Phi-3 windows every layer too
+    assert LlamaConfig.from_hf(phi3).windows == (8, 8, 8)
+    # Mistral's converter writes a llama GGUF with its window recorded: read as Mistral (as
+    # transformers runs it; llama.cpp runs full attention on llama GGUFs)
+    gguf = load_model(write_llama_gguf(tmp_path / "mistral.gguf", sliding_window=8)).config
+    assert gguf["model_type"] == "mistral" and gguf["sliding_window"] == 8
 
 
 @pytest.mark.parametrize(("override", "named"), [

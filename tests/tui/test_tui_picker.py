@@ -53,6 +53,8 @@ async def test_lists_every_entry_with_its_details(entries: list[ModelEntry]) -> 
         assert str(grid.get_row_at(2)[0]).startswith("●")
         assert table.highlighted == entries[2]
         assert app.focused is app.picker.query_one("#model-filter", Input)
+        detail = str(app.picker.query_one("#model-detail", Static).render())
+        assert "template: gguf" in detail  # SmolLM2 ships its own chat template
 
 
 async def test_type_to_filter_then_enter_chooses(entries: list[ModelEntry]) -> None:
