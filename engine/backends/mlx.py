@@ -145,12 +145,26 @@ def mlx_overrides(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(params, dict):
         return {}
     out: dict[str, Any] = {}
+    if "full_attention" in params:  # Gemma 3: one set per layer type
+        local = params.get("sliding_attention") or {}
+        if "rope_local_base_freq" not in config and "rope_theta" in local:
+            out["rope_local_base_freq"] = local["rope_theta"]
+        params = params["full_attention"] or {}
     if "rope_theta" not in config and "rope_theta" in params:
         out["rope_theta"] = params["rope_theta"]
     kind = params.get("rope_type", params.get("type", "default"))
     if "rope_scaling" not in config and kind != "default":
         out["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
     return out
+
+
+def runs_windows(config: dict[str, Any]) -> bool:
+    """Whether mlx-lm (0.32) computes this model's sliding window: Gemma 3, and LLaMA configs
+    with `layer_types`. It runs full attention for the others (Mistral, Gemma 2, Qwen2, Phi-3),
+    so their context is limited to the window, where full attention is exact."""
+    model_type = config.get("model_type")
+    return model_type == "gemma3_text" or (model_type == "llama"
+                                           and bool(config.get("layer_types")))
 
 
 class MLXBackend(Backend):
@@ -260,7 +274,7 @@ class MLXBackend(Backend):
         # they can abort the process ("terminate called without an active exception")
         if hasattr(mx, "clear_streams"):
             at_thread_exit(mx.clear_streams)
-        max_pos = int(config.get("max_position_embeddings") or 4096)
+        max_pos = hf_folder.context_length(config, windowed=runs_windows(config)) or 4096
         self._n_ctx = min(settings.n_ctx or max_pos, max_pos)
         n_params = _count_params(mx, net, config)
         self.settings = settings
