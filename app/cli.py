@@ -14,7 +14,7 @@ from engine.errors import LampchatError
 
 log = logging.getLogger(__name__)
 
-SUBCOMMANDS = ["ask", "devices", "config", "convert", "models", "bench"]
+SUBCOMMANDS = ["ask", "devices", "config", "convert", "models", "pull", "rm", "bench"]
 """Modules under app.commands, each adding one subcommand."""
 
 

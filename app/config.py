@@ -212,6 +212,10 @@ class Config:
         """`model.dirs` as paths, ~ expanded."""
         return [Path(d).expanduser() for d in self.get("model.dirs")]
 
+    def model_stores(self) -> list[str]:
+        """`model.discover`: the other tools' model stores to search."""
+        return list(self.get("model.discover"))
+
     def cache_dir(self) -> Path:
         """`model.cache_dir`, or the platform cache dir."""
         return _path_or(self.get("model.cache_dir"),

@@ -148,6 +148,10 @@ BACKEND_CHOICES = ("auto", *BACKENDS)
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "metal", "opencl")
 
 
+MODEL_STORES = ("ollama", "huggingface", "lmstudio", "gpt4all", "llama.cpp")
+"""The model stores `model.discover` can name (`app.model_stores` reads them)."""
+
+
 def _fields(*fields: Field) -> dict[str, Field]:
     return {f.key: f for f in fields}
 
@@ -155,10 +159,15 @@ def _fields(*fields: Field) -> dict[str, Field]:
 SCHEMA: dict[str, dict[str, Field]] = {
     "model": _fields(
         Field("model", "default", str, "",
-              "Model to load at start: a file or folder path, or a name from `model.dirs`. "
+              "Model to load at start: a file or folder path, or a name `lampchat models` "
+              "shows (smollm2:135m, org/repo, org/repo:Q4_K_M, a unique prefix). "
               "Empty: the bundled SmolLM2-135M-Instruct."),
         Field("model", "dirs", list, [],
               "Folders scanned for models (the model picker lists them)."),
+        Field("model", "discover", list, list(MODEL_STORES),
+              "Model stores of other tools searched for models already on this machine: "
+              "ollama (~/.ollama/models), huggingface (the hub cache), lmstudio, gpt4all, "
+              "llama.cpp (its download cache). [] searches none.", choices=MODEL_STORES),
         Field("model", "cache_dir", str, "",
               "Where converted and downloaded models are cached. Empty: the platform cache dir."),
         Field("model", "chat_template", str, "",

@@ -18,7 +18,7 @@ File format (documented with examples in docs/history.md)::
     role = "assistant"
     content = "Blue."
     timestamp = 2025-01-01T12:00:01.250Z
-    model = "SmolLM2-135M-Instruct.Q4_1"
+    model = "SmolLM2-135M-Instruct"
     backend = "llama.cpp"
     interrupted = false
 

@@ -18,19 +18,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
 from app.atomic_file import atomic_write_text
 from app.model_metadata import ModelMeta, read_metadata
+from app.model_stores import STORE_LABELS, STORES, discover
 from engine.chat_template import BUILTINS
 from engine.errors import LampchatError, UnknownFormatError
 from engine.formats.detect import detect_format
-from engine.models import default_model_path
+from engine.models import default_model_path, friendly_name, quant_tag
 from engine.registry import readers
 from engine.types import LoadSettings
 from widgets.model_entry import ModelChoice, ModelEntry
@@ -49,21 +50,35 @@ MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".c
 
 
 def list_models(
-    config: Config | None = None, *, cache_path: Path | None = None, include_remote: bool = True
+    config: Config | None = None, *, cache_path: Path | None = None, include_remote: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> list[ModelEntry]:
-    """The default model first, then every model found under `model.dirs` sorted by name,
-    then (with `include_remote`) the models of the remote endpoints.
+    """The default model first, then every model found in the other tools' stores
+    (`model.discover`) and under `model.dirs`, sorted by name, then (with `include_remote`)
+    the models of the remote endpoints.
 
-    `config` None means the defaults (the bundled model only). `cache_path` overrides where
-    metadata is cached (default: `<model.cache_dir>/model-catalog.json`).
+    `config` None means the defaults (the bundled model and the stores). `cache_path`
+    overrides where metadata is cached (default: `<model.cache_dir>/model-catalog.json`);
+    `env` where the stores are looked for (default: the environment).
     """
     preferred = config.backend() if config is not None else "auto"
     dirs = config.model_dirs() if config is not None else []
     if cache_path is None:
         cache_path = _default_cache_path(config)
     cache = MetadataCache(cache_path)
-    found = [e for e in (describe(p, cache, preferred, explicit=False) for p in find_models(dirs))
-             if e is not None]
+    found: list[ModelEntry] = []
+    seen: set[str] = set()
+    stores = config.model_stores() if config is not None else list(STORES)
+    for model in discover(stores, env):  # a store's name for a file wins over model.dirs'
+        entry = describe(model.path, cache, preferred)
+        if entry is not None and _first(entry, seen):
+            found.append(replace(entry, name=model.name, source=model.source,
+                                 params=dict(model.params), system=model.system))
+    for path in find_models(dirs):
+        entry = describe(path, cache, preferred, explicit=False)
+        if entry is not None and _first(entry, seen):
+            found.append(replace(entry, source="dirs"))
+    found = disambiguate(found)
     default = _default_entry(config, found, cache, preferred)
     cache.save()
     default_real = os.path.realpath(default.path) if default and default.path else None
@@ -78,6 +93,38 @@ def list_models(
     if default is not None and default.format == "remote":
         remote = [e for e in remote if (e.path, e.endpoint) != (default.path, default.endpoint)]
     return ([default] if default else []) + others + remote
+
+
+def _first(entry: ModelEntry, seen: set[str]) -> bool:
+    """Whether `entry`'s file was not listed yet (and note it)."""
+    real = os.path.realpath(entry.path)
+    if real in seen:
+        return False
+    seen.add(real)
+    return True
+
+
+def disambiguate(entries: list[ModelEntry]) -> list[ModelEntry]:
+    """Entries whose names clash get `:QUANT` appended, else their source in brackets, else
+    a number, so that every name resolves to one model."""
+    groups: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        groups.setdefault(entry.name.casefold(), []).append(i)
+    out = list(entries)
+    for indexes in groups.values():
+        if len(indexes) < 2:
+            continue
+        taken: set[str] = {e.name.casefold() for e in entries}
+        for n, i in enumerate(indexes, start=1):
+            entry = entries[i]
+            for name in (f"{entry.name}:{entry.quantization}" if entry.quantization else "",
+                         f"{entry.name} ({STORE_LABELS.get(entry.source, entry.source)})",
+                         f"{entry.name} #{n}"):
+                if name and name.casefold() not in taken:
+                    taken.add(name.casefold())
+                    out[i] = replace(entry, name=name)
+                    break
+    return out
 
 
 def remote_entries(config: Config | None) -> list[ModelEntry]:
@@ -101,7 +148,7 @@ def remote_entries(config: Config | None) -> list[ModelEntry]:
         found = []
     entries = [
         ModelEntry(name=r.label, path=r.model, format="remote", backends=("remote",),
-                   context_length=r.context_length, endpoint=r.endpoint)
+                   context_length=r.context_length, endpoint=r.endpoint, source="remote")
         for r in found
     ]
     served = {r.endpoint for r in found}
@@ -110,7 +157,7 @@ def remote_entries(config: Config | None) -> list[ModelEntry]:
             continue
         why = next((p for p in problems if repr(name) in p), f"{name}: the server lists no models")
         entries.append(ModelEntry(f"{name} (remote)", "", "remote", ("remote",), endpoint=name,
-                                  error=why))
+                                  error=why, source="remote"))
     return entries
 
 
@@ -144,13 +191,17 @@ def _default_entry(config: Config | None, found: list[ModelEntry], cache: Metada
             path = default_model_path()
         except LampchatError as exc:
             return ModelEntry("default model", "", "unknown", error=str(exc), is_default=True)
-        return _as_default(describe(path, cache, preferred))
+        entry = describe(path, cache, preferred)
+        return _as_default(replace(entry, source="bundled") if entry else None)
     candidate = Path(wanted).expanduser()
     if candidate.exists():
         return _as_default(describe(candidate.resolve(), cache, preferred))
-    for entry in found:  # a name from model.dirs
-        if wanted in (entry.name, Path(entry.path).name):
-            return _as_default(entry)
+    try:  # a name `lampchat models` shows
+        return _as_default(find_entry(wanted, found))
+    except ModelNotFoundError:
+        pass
+    except LampchatError as exc:  # ambiguous
+        return ModelEntry(wanted, wanted, "unknown", error=str(exc), is_default=True)
     if config is not None and config.backend() == "remote":  # a model id on the server
         return ModelEntry(wanted, wanted, "remote", ("remote",), endpoint=config.default_endpoint(),
                           is_default=True)
@@ -283,12 +334,42 @@ def describe(path: Path, cache: MetadataCache | None = None, preferred: str = "a
 
 
 def display_name(path: Path) -> str:
-    """A file's name without its extension; a folder's name (`org/name` in the HF cache)."""
-    if path.is_dir():
-        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-            return path.parent.parent.name.removeprefix("models--").replace("--", "/")
-        return path.name
-    return path.stem if path.suffix else path.name
+    """The model's name as everything shows it (see `engine.models.friendly_name`)."""
+    return friendly_name(path)
+
+
+class ModelNotFoundError(LampchatError):
+    """No model has the name asked for."""
+
+
+def find_entry(wanted: str, entries: list[ModelEntry]) -> ModelEntry:
+    """The local model `wanted` names: its name, file name or file stem (any case), an Ollama name
+    without its tag (`:latest`), `org/repo` for a repo's Q4_K_M among its quants,
+    `name:QUANT` for a model whose file has that quantization, or a unique prefix. Raises
+    ModelNotFoundError, or LampchatError listing the candidates when several match."""
+    local = [e for e in entries if e.format != "remote" and e.path]
+    key = wanted.strip().casefold()
+    for match in (
+        lambda e: key in (e.name.casefold(), PurePath(e.path).name.casefold(),
+                          PurePath(e.path).stem.casefold()),
+        lambda e: e.source == "ollama" and e.name.casefold() == f"{key}:latest",
+        lambda e: e.name.casefold() == f"{key}:{DEFAULT_QUANT.casefold()}",
+        lambda e: key == f"{e.name}:{quant_tag(PurePath(e.path).stem) or ''}".casefold(),
+        lambda e: e.name.casefold().startswith(key),
+    ):
+        hits = list({os.path.realpath(e.path): e for e in local if match(e)}.values())
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            names = sorted(e.name for e in hits)
+            more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+            raise LampchatError(f"model name {wanted!r} is ambiguous: it matches "
+                                f"{', '.join(names[:6])}{more}")
+    raise ModelNotFoundError(f"model not found: {wanted} (`lampchat models` lists the names)")
+
+
+DEFAULT_QUANT = "Q4_K_M"
+"""The quantization `org/repo` means when a repo holds several (as `lampchat pull` picks)."""
 
 
 def _backends(fmt: str, family: str | None, preferred: str) -> tuple[str, ...]:

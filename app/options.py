@@ -180,6 +180,8 @@ class ModelSpec:
     model: str
     backend: str = "auto"
     label: str = ""
+    entry: Any = field(default=None, compare=False)
+    """The catalog's `ModelEntry` when it came from one (its store's defaults, its name)."""
 
     @property
     def title(self) -> str:

@@ -26,3 +26,17 @@ def stderr_progress(label: str) -> Callable[[float, str], None] | None:
         sys.stderr.flush()
 
     return report
+
+
+def line_progress(label: str) -> Callable[[float, str], None]:
+    """Progress as a few plain lines on stderr (0%, 25%, ... 100%), for when it is not a
+    terminal."""
+    shown = [-1]
+
+    def report(fraction: float, what: str) -> None:
+        step = int(fraction * 4)
+        if step > shown[0]:
+            shown[0] = step
+            print(f"{label}: {fraction:4.0%} {what}", file=sys.stderr, flush=True)
+
+    return report

@@ -28,6 +28,7 @@ from textual.screen import Screen
 
 from app.gc_pause import FullCollectionPause
 from app.history import Conversation
+from app.model_names import resolve_name, with_store_defaults
 from app.options import ModelSpec, TuiOptions, options_from_config
 from app.screens.chat import ChatScreen
 from app.screens.dialogs import ConfirmScreen
@@ -39,10 +40,11 @@ from app.tui_store import ChatStore
 from engine.devices import clear_cache
 from engine.errors import LampchatError
 from engine.models import default_model_path
-from engine.registry import detect
+from engine.registry import detect, is_local
 from engine.types import LoadSettings, ModelInfo, ReplyMetrics, SamplingParams
 from engine.worker import EngineWorker
 from widgets.metrics_panel import SessionMetrics, format_mb
+from widgets.model_entry import ModelEntry
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,8 @@ class LampchatApp(App[int]):
         """Full garbage collections wait while a reply streams (see app/gc_pause.py)."""
         self.loading = False
         self.recent: list[ModelSpec] = []
+        self.store_entry: ModelEntry | None = None
+        """The catalog entry of the loaded model (its store's defaults apply to replies)."""
         self._cycle: list[ModelSpec] | None = None
         """The order Ctrl+Up/Down walk while cycling (None: the next press takes `recent`)."""
         self._prompts: list[str] = []
@@ -228,8 +232,13 @@ class LampchatApp(App[int]):
     # ---------------------------------------------------------------- helpers
 
     def sampling(self) -> SamplingParams:
-        """The sampling settings for the next reply."""
-        return replace(self.options.sampling)
+        """The sampling settings for the next reply (with the loaded model's store defaults
+        where the config leaves the default, e.g. Ollama's stop words)."""
+        sampling = replace(self.options.sampling)
+        if self.store_entry is not None and self.store_entry.params:
+            sampling, _ = with_store_defaults(self.store_entry, self.options.config, sampling,
+                                              LoadSettings())
+        return sampling
 
     def default_system_prompt(self) -> str:
         """The system prompt new conversations start with."""
@@ -310,9 +319,20 @@ class LampchatApp(App[int]):
             progress = lambda fraction, what: self.post_message(  # noqa: E731
                 LoadProgress(fraction, what)
             )
-            info = await self.engine.load(spec.model or None, spec.backend, settings, progress)
+            model, entry = spec.model or None, spec.entry
+            if entry is None and (spec.backend == "auto" or is_local(spec.backend)):
+                entry = await asyncio.to_thread(resolve_name, model, self.options.config)
+                if spec.label and entry.source == "path":  # a model known by its name
+                    entry = replace(entry, name=spec.label)
+            if entry is not None:
+                model = entry.path
+                _, settings = with_store_defaults(entry, self.options.config,
+                                                  self.options.sampling, settings)
+            info = await self.engine.load(model, spec.backend, settings, progress)
+            self.store_entry = entry
         except LampchatError as exc:
             self.notify(str(exc), title="Model not loaded", severity="error", timeout=10)
+            await chat.add_note(f"Model not loaded: {exc}")
             info = self.engine.info
         except Exception as exc:  # never crash on a bad model
             log.exception("loading %s failed", spec.model)
@@ -320,7 +340,7 @@ class LampchatApp(App[int]):
                         severity="error", timeout=10)
             info = self.engine.info
         else:
-            self._remember_model(ModelSpec(info.path, info.backend, info.name), spec)
+            self._remember_model(ModelSpec(info.path, info.backend, info.name, entry), spec)
             self.notify(f"Loaded {info.name} ({info.backend}, {info.device}).")
         finally:
             chat.show_loading(None)
@@ -335,7 +355,8 @@ class LampchatApp(App[int]):
             self.loading = False
 
     def _remember_model(self, loaded: ModelSpec, asked: ModelSpec) -> None:
-        spec = ModelSpec(loaded.model, asked.backend if asked.backend else "auto", loaded.label)
+        spec = ModelSpec(loaded.model, asked.backend if asked.backend else "auto", loaded.label,
+                         loaded.entry)
         self.recent = [spec, *[r for r in self.recent if r.model != spec.model]][:MAX_RECENT]
 
     def on_load_progress(self, message: LoadProgress) -> None:
@@ -409,7 +430,8 @@ class LampchatApp(App[int]):
         config = self.options.config
         current = self.engine.info.path if self.engine.info else None
         screen = screen_cls(partial(list_models, config, include_remote=False), current,
-                            more=partial(remote_entries, config))
+                            more=partial(remote_entries, config),
+                            download=self.action_download_model)
         choice = await self.push_screen_wait(screen)
         if choice is None:
             return
@@ -418,8 +440,53 @@ class LampchatApp(App[int]):
         except LampchatError as exc:
             self.notify(str(exc), title="Model not loaded", severity="error")
             return
-        self.load_model(ModelSpec(choice.model, choice.backend or "auto", choice.name or ""),
-                        settings)
+        self.load_model(ModelSpec(choice.model, choice.backend or "auto", choice.name or "",
+                                  choice.entry if not choice.endpoint else None), settings)
+
+    def action_download_model(self) -> None:
+        """Open the download dialog (Ctrl+D in the picker): a hub repo, its files, a pull in
+        the background with its progress under the chat."""
+        # loaded on first use: keeps the TUI's start-up fast
+        from app.hub_pull import pull_options
+        from app.screens.download import DownloadScreen
+
+        def chosen(spec: str | None) -> None:
+            if spec:
+                self.run_worker(self._pull(spec), group="pull", exit_on_error=False)
+
+        self.push_screen(DownloadScreen(pull_options), chosen)
+
+    async def _pull(self, spec: str) -> None:
+        # loaded on first use: keeps the TUI's start-up fast
+        from app.hub_pull import plan_pull, pull
+
+        chat = self.chat
+
+        def progress(done: int, total: int, what: str) -> None:
+            self.call_from_thread(self._pull_progress, done / total if total else 1.0, what)
+
+        try:
+            plan = await asyncio.to_thread(plan_pull, spec)
+            self.notify(f"Downloading {plan.label}…")
+            path = await asyncio.to_thread(pull, plan, None, progress)
+        except LampchatError as exc:
+            self.notify(str(exc), title="Download stopped", severity="error", timeout=10)
+            await chat.add_note(f"Download stopped: {exc}")
+            return
+        except Exception as exc:  # never crash on a download
+            log.exception("pulling %s failed", spec)
+            self.notify(f"could not download {spec}: {exc}", severity="error", timeout=10)
+            return
+        finally:
+            if not self.loading:
+                chat.show_loading(None)
+        log.info("pulled %s to %s", plan.label, path)
+        self.notify(f"Downloaded {plan.label}: choose it in the model picker (F2).", timeout=8)
+        await chat.add_note(f"Downloaded {plan.label} ({path}).")
+
+    def _pull_progress(self, fraction: float, what: str) -> None:
+        if not self.loading:  # a model load shows its own progress there
+            self.chat.show_loading(fraction, f"downloading {what}")
 
     def action_settings(self) -> None:
         """Open the settings screen (F3)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,3 +38,28 @@ def resolve_model(model: str | None) -> str:
         return str(default_model_path())
     return model
 
+
+
+QUANT_TAG = re.compile(
+    r"[.\-_ ]((?:UD-)?(?:I?Q\d(?:_[0-9A-Z]+)*|BF16|F16|F32|FP16|FP32|F8)(?:[-_][A-Z0-9]+)?)$",
+    re.IGNORECASE)
+"""A quantization tag at the end of a GGUF file name: `.Q4_K_M`, `-q8_0`, `-IQ4_XS`, `.F16`."""
+
+
+def quant_tag(stem: str) -> str | None:
+    """The quantization tag ending `stem` (upper case), if any."""
+    found = QUANT_TAG.search(stem)
+    return found.group(1).upper() if found else None
+
+
+def friendly_name(path: Path) -> str:
+    """The name a model is shown by: a file's name without its extension and quantization tag
+    (the Quant column says that), a folder's name, `org/repo` for a Hugging Face cache
+    snapshot. ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct".)"""
+    if path.is_dir() or not path.suffix:
+        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            return path.parent.parent.name.removeprefix("models--").replace("--", "/")
+        return path.name
+    stem = path.stem
+    tag = QUANT_TAG.search(stem)
+    return stem[: tag.start()] if tag and tag.start() > 0 else stem

@@ -73,6 +73,8 @@ class LoadSettings:
     device: str = "auto"
     chat_template: str = ""
     """A built-in template name or a Jinja file to use instead of the model's ("": its own)."""
+    label: str = ""
+    """The name to show for the model (a catalog or store name; "": from its file name)."""
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -11,12 +11,13 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 from engine.backends.base import Backend, ProgressCallback, run_thread_exit_hooks
 from engine.errors import LampchatError
 from engine.memory import trim_heap
 from engine.metrics import ReplyClock
-from engine.models import resolve_model
+from engine.models import friendly_name, resolve_model
 from engine.registry import create_backend
 from engine.selection import Candidate, load_with_fallback, plan_load
 from engine.types import (
@@ -249,6 +250,8 @@ class EngineWorker:
                 self._reload(previous_spec)
             raise
         self.backend = new
+        if new.info is not None and new.local:  # one name everywhere (a server names its own)
+            new.info.name = settings.label or friendly_name(Path(path))
         return new.info  # type: ignore[return-value]
 
     def _reload(self, spec: tuple[str, str, LoadSettings | None]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,13 @@ class ModelEntry:
     is_default: bool = False
     chat_template: str | None = None
     """Which chat template the model is run with, and where it comes from."""
+    source: str = ""
+    """Where it was found: "bundled", "dirs" (`model.dirs`), a store ("ollama",
+    "huggingface", "lmstudio", "gpt4all", "llama.cpp") or "remote"."""
+    params: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Generation defaults its store keeps for it (Ollama's params: stop, temperature, ...)."""
+    system: str | None = field(default=None, compare=False, hash=False)
+    """The system prompt its store keeps for it (Ollama's system layer)."""
 
     @property
     def backend(self) -> str:
@@ -49,6 +57,7 @@ class ModelEntry:
         not make "chat" match every model in it)."""
         parts = [self.name, self.format, *self.backends, self.quantization or "",
                  format_params(self.n_params), PurePath(self.path).name, self.endpoint or "",
+                 self.source,
                  "default" if self.is_default else "", "damaged" if self.error else ""]
         return " ".join(parts).lower()
 

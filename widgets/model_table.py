@@ -276,10 +276,18 @@ class ModelTable(Vertical):
             detail.update(Text(f"{where}\n{entry.error}"))
             return
         count = f"{len(self._shown)} of {len(self._entries)} models"
-        hint = f" · template: {entry.chat_template}" if entry.chat_template else ""
+        hint = f" · {SOURCE_LABELS.get(entry.source, entry.source)}" if entry.source else ""
+        hint += f" · template: {entry.chat_template}" if entry.chat_template else ""
         if len(entry.backends) > 1:
             hint += f" · backends: {', '.join(entry.backends)} (Tab switches)"
         detail.update(Text(f"{where}\n{count}{hint}"))
+
+
+SOURCE_LABELS = {"ollama": "from Ollama", "huggingface": "from the Hugging Face cache",
+                 "lmstudio": "from LM Studio", "gpt4all": "from GPT4All",
+                 "llama.cpp": "from llama.cpp's cache", "dirs": "from model.dirs",
+                 "bundled": "bundled", "remote": "on a server", "path": "a path"}
+"""How the detail line says where a model was found."""
 
 
 def _real(path: str) -> str:

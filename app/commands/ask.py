@@ -14,6 +14,7 @@ from app import file_lock
 from app.config import load_config
 from app.history import Message, load_conversation_file, new_conversation
 from app.history_store import ConversationWriter
+from app.model_names import resolve_name, store_system_prompt, with_store_defaults
 from app.options import (
     add_config_option,
     add_history_options,
@@ -24,6 +25,7 @@ from app.options import (
 )
 from app.progress import stderr_progress
 from engine.errors import LampchatError
+from engine.registry import is_local
 from engine.worker import EngineWorker
 
 
@@ -51,11 +53,20 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
     config = load_config(args.config)  # flags > environment > config file > defaults
     for warning in config.warnings:
         print(f"lampchat: warning: {warning}", file=sys.stderr)
-    sampling = sampling_from_args(args, config.sampling())
-    sampling.validate()
-    settings = load_settings_from_args(args, config.load_settings(), config)
-    model = args.model or config.model()
     backend = args.backend or config.backend()
+    sampling, settings, model = config.sampling(), config.load_settings(), args.model
+    store_system = None
+    if backend == "auto" or is_local(backend):  # a name `lampchat models` shows, or a path;
+        # a server knows its own names
+        entry = await asyncio.to_thread(resolve_name, args.model, config)
+        model = entry.path
+        sampling, settings = with_store_defaults(entry, config, sampling, settings)
+        store_system = store_system_prompt(entry, config)
+    elif not model:
+        model = config.model()
+    sampling = sampling_from_args(args, sampling)
+    sampling.validate()
+    settings = load_settings_from_args(args, settings, config)
 
     # the conversation: --load-history's (its system prompt kept) or a new one
     if args.load_history:
@@ -63,7 +74,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
         for problem in conv.problems:
             print(f"lampchat: warning: {problem}", file=sys.stderr)
     else:
-        conv = new_conversation(config.system_prompt() or "")
+        conv = new_conversation(config.system_prompt() or store_system or "")
     if args.system is not None:
         conv.system_prompt = args.system
     writer = ConversationWriter()

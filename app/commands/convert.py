@@ -4,11 +4,10 @@ model."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
-from app.progress import stderr_progress
+from app.progress import line_progress, stderr_progress
 from engine.convert import DTYPES, convert
 from engine.errors import LampchatError
 
@@ -41,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `convert`; returns the exit status."""
-    progress = stderr_progress("converting") or _line_progress()
+    progress = stderr_progress("converting") or line_progress("converting")
     start = time.monotonic()
     if args.to == "onnx":
         return _run_onnx(args, progress, start)
@@ -70,16 +69,3 @@ def _run_onnx(args: argparse.Namespace, progress: Any, start: float) -> int:
         f"in {time.monotonic() - start:.1f}s"
     )
     return 0
-
-
-def _line_progress() -> Any:
-    """Progress as a few plain lines on stderr (when it is not a terminal)."""
-    shown = [-1]
-
-    def report(fraction: float, what: str) -> None:
-        step = int(fraction * 4)  # 0%, 25%, 50%, 75%, 100%
-        if step > shown[0]:
-            shown[0] = step
-            print(f"converting: {fraction:4.0%} {what}", file=sys.stderr, flush=True)
-
-    return report

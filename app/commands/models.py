@@ -1,5 +1,7 @@
-"""`lampchat models`: the default model and the models found in `model.dirs` and `--dir` folders,
-with their detected format, size, quantization, parameters and context length."""
+"""`lampchat models`: the default model, the models already in other tools' stores (Ollama, the
+Hugging Face cache, LM Studio, GPT4All, llama.cpp's cache) and those in `model.dirs` and `--dir`
+folders, with where each was found, the backends that run it, its detected format, size,
+quantization, parameters and context length."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from app.options import add_config_option
 def add_parser(subparsers: Any) -> None:
     """Register `models`."""
     parser = subparsers.add_parser(
-        "models", help="list the default model and the models in your model folders"
+        "models", help="list the default model, the models in other tools' stores and in your "
+        "model folders"
     )
     parser.add_argument(
         "--dir", "-d", action="append", default=[], metavar="PATH",
@@ -49,19 +52,26 @@ def run(args: argparse.Namespace) -> int:
 def render_table(entries: list[Any]) -> str:
     """A plain-text table, one model a row; a damaged model's row carries its error."""
     # every subcommand module is imported to build the parser: keep it light
+    from app.model_stores import STORE_LABELS
     from widgets.model_entry import format_context, format_params, format_size
 
-    header = ("NAME", "FORMAT", "SIZE", "QUANT", "PARAMS", "CONTEXT", "PATH")
+    header = ("NAME", "SOURCE", "BACKENDS", "FORMAT", "SIZE", "QUANT", "PARAMS", "CONTEXT",
+              "PATH")
     rows: list[tuple[str, ...]] = []
     errors: dict[int, str] = {}
     for e in entries:
         name = f"{e.name} (default)" if e.is_default else e.name
+        source = STORE_LABELS.get(e.source, e.source or "-")
+        backends = ",".join(e.backends) or "-"
+        where = e.path or (f"endpoint {e.endpoint}" if e.endpoint else "-")
         if e.error:
             errors[len(rows)] = e.error
-            rows.append((name, e.format, format_size(e.file_size), "-", "-", "-", e.path))
+            rows.append((name, source, backends, e.format, format_size(e.file_size), "-", "-",
+                         "-", where))
             continue
-        rows.append((name, e.format, format_size(e.file_size), e.quantization or "-",
-                     format_params(e.n_params), format_context(e.context_length), e.path))
+        rows.append((name, source, backends, e.format, format_size(e.file_size),
+                     e.quantization or "-", format_params(e.n_params),
+                     format_context(e.context_length), where))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
     lines = []
     for n, row in enumerate([header, *rows]):

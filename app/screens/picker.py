@@ -15,7 +15,9 @@ Contract with the app shell (see also `app/screens/__init__.py`)::
   include_remote=False), current, more=partial(remote_entries, config))`.
 
 Keys: type to filter; Up/Down/PageUp/PageDown move; Tab switches the backend of the
-highlighted model (when several can run it); Enter chooses; Esc closes.
+highlighted model (when several can run it); Enter chooses; Ctrl+R lists the models anew
+(after a download, or a change to the stores); Ctrl+D closes the picker and calls `download`
+(the app's download dialog), when given; Esc closes.
 
 Dismisses with a `ModelChoice` (`model`, `backend`, `name`, `endpoint`; `model` and
 `backend` are what `EngineWorker.load` takes; for a remote model, `endpoint` names its
@@ -63,21 +65,28 @@ class ModelPickerScreen(ModalScreen[ModelChoice | None]):
     ModelPickerScreen LoadingIndicator { height: 3; }
     """
 
-    BINDINGS = [Binding("escape", "close", "Close")]
+    BINDINGS = [
+        Binding("escape", "close", "Close"),
+        Binding("ctrl+r", "rescan", "Rescan"),
+        Binding("ctrl+d", "download", "Download…", priority=True),  # over the filter's delete
+    ]
 
     def __init__(self, entries: list[ModelEntry] | Callable[[], list[ModelEntry]],
                  current: str | None = None, *, query: str = "",
-                 more: Callable[[], list[ModelEntry]] | None = None) -> None:
+                 more: Callable[[], list[ModelEntry]] | None = None,
+                 download: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._listers = [f for f in (entries if callable(entries) else None, more) if f]
         self._entries = [] if callable(entries) else list(entries)
         self._current = current
         self._query = query
+        self._download = download
 
     def compose(self) -> ComposeResult:
         with Vertical(id="picker") as box:
             box.border_title = "Models"
-            box.border_subtitle = "type to filter · ↑↓ move · Tab backend · Enter load · Esc close"
+            box.border_subtitle = ("type to filter · ↑↓ move · Tab backend · Enter load · "
+                                   "^R rescan · ^D download · Esc close")
             yield ModelTable(self._entries, self._current, query=self._query)
             if self._listers:
                 yield LoadingIndicator()
@@ -134,3 +143,22 @@ class ModelPickerScreen(ModalScreen[ModelChoice | None]):
     def action_close(self) -> None:
         """Close without choosing."""
         self.dismiss(None)
+
+    def action_rescan(self) -> None:
+        """List the models anew (the stores and folders are scanned again)."""
+        if not self._listers:
+            self.notify("This list cannot be refreshed.", severity="warning")
+            return
+        self._entries = []
+        self.table.set_entries([])
+        if not self.query(LoadingIndicator):
+            self.query_one("#picker", Vertical).mount(LoadingIndicator())
+        self._list_models(self.app)
+
+    def action_download(self) -> None:
+        """Close the picker and open the download dialog."""
+        if self._download is None:
+            self.notify("Downloading is not available here.", severity="warning")
+            return
+        self.dismiss(None)
+        self._download()

@@ -216,6 +216,9 @@ class GGUFModel:
                 "mlp_bias": False,
                 "head_dim": int(self.arch_field("attention.key_length", hidden // n_head)),
             }
+            rotated = self.arch_field("rope.dimension_count")
+            if rotated and int(rotated) != cfg["head_dim"]:  # refused by name downstream
+                cfg["partial_rotary_factor"] = int(rotated) / cfg["head_dim"]
             scaling = self.arch_field("rope.scaling.type")
             factor = self.arch_field("rope.scaling.factor")
             if scaling and scaling != "none" and factor:

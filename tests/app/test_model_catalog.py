@@ -95,9 +95,9 @@ def test_scan_finds_models_by_content_and_marks_damage(tmp_path: Path, model_tre
     config = config_for(tmp_path, model_tree["root"])
     entries = list_models(config, cache_path=tmp_path / "cache.json")
     names = by_name(entries)
-    assert entries[0].is_default and entries[0].name == "SmolLM2-135M-Instruct.Q4_1"
+    assert entries[0].is_default and entries[0].name == "SmolLM2-135M-Instruct"
     assert set(names) == {
-        "SmolLM2-135M-Instruct.Q4_1", "smol-top", "weights", "tiny-hf", "truncated",
+        "SmolLM2-135M-Instruct", "smol-top", "weights", "tiny-hf", "truncated",
         "garbage", "broken-hf",
     }
     # sorted by name after the default
@@ -165,7 +165,7 @@ def test_configured_default_by_path_and_by_name(tmp_path: Path, model_tree) -> N
     assert sum(e.name == "smol-top" for e in entries) == 1  # not listed twice
     assert all(not e.is_default for e in entries[1:])
     # the bundled model is listed only as the default
-    assert "SmolLM2-135M-Instruct.Q4_1" not in by_name(entries)
+    assert "SmolLM2-135M-Instruct" not in by_name(entries)
 
     by_name_config = config_for(tmp_path, root, extra='default = "tiny-hf"\n')
     entries = list_models(by_name_config, cache_path=tmp_path / "c.json")

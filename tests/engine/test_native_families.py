@@ -121,6 +121,12 @@ def test_layer_types_it_cannot_run_are_refused_by_name(override: dict, named: st
         LlamaConfig.from_hf(llama_config(**override))
 
 
+def test_a_gguf_rotating_part_of_each_head_is_refused_by_name(tmp_path: Path) -> None:
+    path = write_llama_gguf(tmp_path / "partial.gguf", rope_dims=8)
+    with pytest.raises(ModelLoadError, match=re.escape("partial_rotary_factor=0.5")):
+        build_model(load_model(path).config, load_model(path).weights)
+
+
 def test_context_length_reads_every_key_models_use() -> None:
     from engine.formats.hf_folder import context_length
 

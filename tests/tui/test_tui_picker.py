@@ -29,7 +29,7 @@ def entries(tmp_path_factory: pytest.TempPathFactory, default_gguf: Path) -> lis
     config_file.write_text(f'[model]\ndirs = ["{root}"]\n')
     found = list_models(load_config(config_file, env={}), cache_path=base / "cache.json")
     assert [e.name for e in found] == [
-        "SmolLM2-135M-Instruct.Q4_1", "alpha-chat", "beta-coder", "broken"]
+        "SmolLM2-135M-Instruct", "alpha-chat", "beta-coder", "broken"]
     return found
 
 
