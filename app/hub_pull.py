@@ -128,9 +128,11 @@ def plan_pull(spec: str, api: Any = None) -> PullPlan:
     return PullPlan(repo_id, revision, tuple(ggufs[name]), label)
 
 
-def pull_options(spec: str, api: Any = None) -> list[tuple[str, str]]:
+def pull_options(spec: str, api: Any = None,
+                 cache_dir: Path | None = None) -> list[tuple[str, str]]:
     """What can be pulled from the repo `spec` names: (spec to pull, "Q4_K_M · 4.4 GB") for
-    each GGUF model by size, or the safetensors folder (the download dialog's list)."""
+    each GGUF model by size, " · downloaded" when the cache has it, or the safetensors
+    folder (the download dialog's list)."""
     found = SPEC.match(spec.strip())
     if found is None:
         raise PullError(f"{spec!r} is not a hub model: give org/repo")
@@ -143,7 +145,9 @@ def pull_options(spec: str, api: Any = None) -> list[tuple[str, str]]:
     for name, parts in sorted(ggufs.items(), key=lambda kv: sum(p.size for p in kv[1])):
         tag = quant_tag(Path(name).stem)
         spec_for = f"{repo}:{tag}" if tag else f"{repo}/{name}"
-        options.append((spec_for, f"{tag or name} · {format_size(sum(p.size for p in parts))}"))
+        have = " · downloaded" if _cached(repo, name, cache_dir) else ""
+        size = format_size(sum(p.size for p in parts))
+        options.append((spec_for, f"{tag or name} · {size}{have}"))
     if not options:
         folder = [f for n, f in files.items() if FOLDER_FILES.match(n)]
         if any(f.name.endswith(".safetensors") for f in folder):
@@ -152,6 +156,15 @@ def pull_options(spec: str, api: Any = None) -> list[tuple[str, str]]:
     if not options:
         raise PullError(f"{repo} has neither GGUF files nor safetensors weights")
     return options
+
+
+def _cached(repo: str, name: str, cache_dir: Path | None) -> bool:
+    """Whether the hub cache already holds `repo`'s file `name`."""
+    # huggingface_hub (0.3 s) only when pulling
+    from huggingface_hub import try_to_load_from_cache
+
+    cache = cache_dir or hf_cache_dir(os.environ, Path.home())
+    return isinstance(try_to_load_from_cache(repo, name, cache_dir=cache), str)
 
 
 def repo_choices(spec: str, api: Any = None) -> str:

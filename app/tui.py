@@ -396,7 +396,7 @@ class LampchatApp(App[int]):
         from app.model_catalog import list_models
 
         return [
-            ModelSpec(e.path, e.backend or "auto", e.name)
+            ModelSpec(e.path, e.backend or "auto", e.name, e)
             for e in list_models(self.options.config, include_remote=False)
             if not e.error
         ]

@@ -21,7 +21,9 @@ from widgets.messages import AssistantMessage, MessageView
 
 
 @pytest.fixture
-def hub(default_gguf: Path, monkeypatch: pytest.MonkeyPatch):
+def hub(default_gguf: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # this test's own hub cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".cache"))
     with FakeHub() as hub:
         data = default_gguf.read_bytes()
         hub.repos["org/smol-GGUF"] = HubRepo({"smol.Q4_K_M.gguf": data,
@@ -65,6 +67,10 @@ async def test_download_from_the_picker_while_the_chat_answers(hub: FakeHub, tmp
         await wait_for(pilot, lambda: any(e.name == "org/smol-GGUF" for e in picker.table.entries))
         entry = next(e for e in picker.table.entries if e.name == "org/smol-GGUF")
         assert entry.source == "huggingface" and entry.quantization == "Q4_1"
+        from app.hub_pull import pull_options  # the dialog now marks it downloaded
+
+        assert pull_options("org/smol-GGUF")[1] == ("org/smol-GGUF:Q4_K_M",
+                                                    "Q4_K_M · 98.4 MB · downloaded")
 
 
 async def test_a_failed_model_load_writes_its_error_into_the_chat(monkeypatch) -> None:
