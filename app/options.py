@@ -200,6 +200,8 @@ class TuiOptions:
     system_prompt: str = ""
     theme: str = "textual-dark"
     show_metrics: bool = False
+    resume: bool = False
+    """Start on the most recently updated saved conversation (`session.resume`)."""
     log_window: int = 60
     config: Any = None
     """The `app.config.Config` in use (None when config support is unavailable)."""
@@ -234,6 +236,7 @@ def options_from_config(config: Any, base: TuiOptions | None = None) -> TuiOptio
         system_prompt=config.system_prompt() or "",
         theme=str(config.get("ui.theme")),
         show_metrics=bool(config.get("ui.show_metrics")),
+        resume=bool(config.get("session.resume")),
         config=config,
     )
 

@@ -99,13 +99,13 @@ class LampchatApp(App[int]):
     CSS_PATH = str(CSS_FILE)
     COMMANDS = App.COMMANDS | {ModelCommands}
     BINDINGS = [
-        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),  # in help: fits 80 cols
         Binding("f1", "help", "Help"),
         Binding("question_mark", "help", "Help", show=False),
         Binding("f2", "pick_model", "Model"),
         Binding("f3", "settings", "Settings"),
-        Binding("f4", "toggle_metrics", "Metrics"),
-        Binding("f5", "metrics_screen", "Stats"),
+        Binding("f4", "toggle_metrics", "Panel", tooltip="Metrics side panel"),
+        Binding("f5", "metrics_screen", "Stats", tooltip="Metrics screen"),
         Binding("ctrl+up", "cycle_model(-1)", "Previous model", show=False),
         Binding("ctrl+down", "cycle_model(1)", "Next model", show=False),
     ]
@@ -194,7 +194,23 @@ class LampchatApp(App[int]):
             for problem in problems[:3]:
                 self.notify(problem, title="History file damaged", severity="warning")
             return conversation
+        if self.options.resume and self.store.history is not None:
+            last = self._last_conversation()
+            if last is not None:
+                return last
         return self.store.new(self.options.system_prompt)
+
+    def _last_conversation(self) -> Conversation | None:
+        """The most recently updated saved conversation that reads whole, if any."""
+        try:
+            for summary in self.store.list()[:5]:
+                if summary.problem is None:
+                    conversation = self.store.get(summary.id)
+                    if conversation.messages and not conversation.problems:
+                        return conversation
+        except LampchatError as exc:
+            log.info("not resuming: %s", exc)
+        return None
 
     def _on_signal(self, signum: int, frame: Any = None) -> None:
         """SIGINT/SIGTERM/SIGHUP: stop the reply, save it (interrupted), exit.
@@ -576,11 +592,9 @@ class LampchatApp(App[int]):
 
     def action_toggle_metrics(self) -> None:
         """Show or hide the metrics side panel (F4)."""
-        panel = self.chat.metrics_panel
-        panel.display = not panel.display
-        if panel.display:
+        if self.chat.toggle_metrics_panel():
             self.session.sample_rss()
-            panel.refresh_metrics()
+            self.chat.metrics_panel.refresh_metrics()
 
     def action_metrics_screen(self) -> None:
         """Open the full metrics screen (F5)."""

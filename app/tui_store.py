@@ -78,6 +78,10 @@ class ChatStore:
 
     def new(self, system_prompt: str = "") -> Conversation:
         """Start a conversation (its file appears with its first message)."""
+        for cid, old in list(self._open.items()):  # an empty chat left behind: never listed
+            if not old.messages:
+                del self._open[cid]
+                self._updated.pop(cid, None)
         conv = (self.history.create(system_prompt=system_prompt) if self.history is not None
                 else new_conversation(system_prompt))
         self.keep(conv)

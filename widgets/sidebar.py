@@ -53,8 +53,8 @@ class ConversationSidebar(Vertical):
     """
 
     BINDINGS = [
-        Binding("r", "rename", "Rename"),
-        Binding("d,delete", "delete", "Delete"),
+        Binding("r", "rename", "Rename", show=False),  # the list's own hint names them
+        Binding("d,delete", "delete", "Delete", show=False),
     ]
 
     class Open(Message):

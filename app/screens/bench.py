@@ -96,7 +96,7 @@ class BenchScreen(Screen[None]):
             for index, (title, bars) in enumerate(charts(self.report)):
                 yield BarChart(title, bars, id=f"chart-{index}")
             yield DataTable(id="bench-table", zebra_stripes=True, cursor_type="row")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = results_table(self.report)

@@ -28,6 +28,10 @@ from widgets.sidebar import ConversationSidebar, ConversationSummary
 
 log = logging.getLogger(__name__)
 
+PANEL_MIN_WIDTH = 110
+"""Terminal columns from which the metrics panel (42) sits beside the chat; below, the chat
+keeps the width and F4 lays the panel over it."""
+
 
 def message_to_data(message: Message) -> MessageData:
     """How a stored message is shown."""
@@ -43,16 +47,22 @@ class ChatScreen(Screen[None]):
     """The main screen. Conversation state lives here; the engine and store live on the app."""
 
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+b", "toggle_sidebar", "Chats"),
+        Binding("escape", "stop", "Stop", show=False),
+        Binding("ctrl+r", "regenerate", "Regenerate", show=False),
+        Binding("ctrl+n", "new_chat", "New", tooltip="New conversation"),
+        Binding("ctrl+b", "toggle_sidebar", "Chats", tooltip="Conversation list"),
         Binding("ctrl+l", "edit_last", "Edit last", show=False),
         Binding("ctrl+o", "copy_reply", "Copy reply", show=False),
         Binding("ctrl+t", "copy_code", "Copy code", show=False),
         # priority: the prompt input (a TextArea) binds F6 and Ctrl+E itself
         Binding("f6", "system_prompt", "System prompt", show=False, priority=True),
         Binding("ctrl+e", "export", "Export", show=False, priority=True),
+        # the conversation scrolls from the keyboard while the input keeps the focus
+        Binding("pageup", "scroll_log('page_up')", "Scroll up", show=False, priority=True),
+        Binding("pagedown", "scroll_log('page_down')", "Scroll down", show=False,
+                priority=True),
+        Binding("ctrl+home", "scroll_log('home')", "Top", show=False, priority=True),
+        Binding("ctrl+end", "scroll_log('end')", "Bottom", show=False, priority=True),
     ]
 
     def __init__(self) -> None:
@@ -63,6 +73,12 @@ class ChatScreen(Screen[None]):
         self._cursor_blink = True
         self._code_index = 0
         self._reply_index = 0
+        self.panel_wanted = False
+        """Whether the metrics panel sits beside the chat when the terminal is wide enough."""
+        self.panel_overlay = False
+        """Whether F4 opened the panel over the chat in a narrow terminal."""
+        self._summaries: list[ConversationSummary] = []
+        self._model_text = ""
 
     @property
     def lampchat(self) -> ChatHost:
@@ -90,6 +106,8 @@ class ChatScreen(Screen[None]):
                     yield Static("no model loaded", id="model-label", markup=False)
                     yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
                     yield Static("", id="load-label", markup=False)
+                    yield Static("↓ more below · Ctrl+End", id="new-text", markup=False)
+                yield Static("", id="welcome", markup=False)
                 yield ChatLog(window=app.options.log_window, id="log")
                 yield PromptInput(
                     history=app.prompt_history_items(),
@@ -97,14 +115,44 @@ class ChatScreen(Screen[None]):
                     id="prompt",
                 )
             yield MetricsPanel(app.session, id="metrics-panel")
-        yield Footer()
+        yield Footer(compact=True)
 
     async def on_mount(self) -> None:
         self.query_one("#sidebar").display = False
-        self.query_one("#metrics-panel").display = self.lampchat.options.show_metrics
+        self.panel_wanted = self.lampchat.options.show_metrics
+        self.place_metrics_panel()
+        self.query_one("#new-text").display = False
+        log_view = self.chat_log
+        self.watch(log_view, "scroll_y", self._scrolled, init=False)
+        self.watch(log_view, "virtual_size", self._scrolled, init=False)
         self.show_loading(None)
         self.prompt.focus()
         await self.lampchat.chat_ready(self)
+
+    def on_resize(self) -> None:
+        self.place_metrics_panel()
+
+    @property
+    def wide(self) -> bool:
+        """Whether the metrics panel fits beside the chat (`PANEL_MIN_WIDTH` columns)."""
+        return self.size.width >= PANEL_MIN_WIDTH
+
+    def place_metrics_panel(self) -> None:
+        """Beside the chat when wide enough and wanted; in a narrower terminal hidden, or over
+        the chat when F4 asked for it."""
+        panel = self.metrics_panel
+        panel.set_class(not self.wide, "-overlay")
+        panel.display = self.panel_wanted if self.wide else self.panel_overlay
+
+    def toggle_metrics_panel(self) -> bool:
+        """F4: show or hide the panel (beside the chat, or over it when narrow); returns
+        whether it is shown now."""
+        if self.wide:
+            self.panel_wanted = not self.panel_wanted
+        else:
+            self.panel_overlay = not self.panel_overlay
+        self.place_metrics_panel()
+        return bool(self.metrics_panel.display)
 
     @property
     def prompt(self) -> PromptInput:
@@ -131,6 +179,21 @@ class ChatScreen(Screen[None]):
     def set_model_label(self, text: str) -> None:
         """Show what is loaded."""
         self.query_one("#model-label", Static).update(text)
+        self._model_text = text
+        self.refresh_welcome()
+
+    def refresh_welcome(self) -> None:
+        """The welcome line: shown over an empty conversation, saying what is loaded and
+        where to go next."""
+        welcome = self.query_one("#welcome", Static)
+        empty = self.conversation is None or not self.conversation.messages
+        welcome.display = empty
+        if empty:
+            model = self._model_text.split(" · ")[0] if self._model_text else ""
+            now = f"Chatting with {model}." if model and model != "no model loaded" else \
+                "No model is loaded yet."
+            welcome.update(f"{now} F2 switches the model · Ctrl+B your conversations · "
+                           "F1 help and keys")
 
     def show_loading(self, fraction: float | None, what: str = "") -> None:
         """Show model-load progress (None hides it)."""
@@ -149,6 +212,7 @@ class ChatScreen(Screen[None]):
         self._code_index = self._reply_index = 0
         self.lampchat.store.mirror(conversation)
         await self.chat_log.load([message_to_data(m) for m in conversation.messages])
+        self.refresh_welcome()
         if self.query_one("#sidebar").display:
             await self.refresh_sidebar()
 
@@ -166,6 +230,7 @@ class ChatScreen(Screen[None]):
             for c in conversations
         ]
         current = self.conversation.id if self.conversation else None
+        self._summaries = summaries
         await self.query_one(ConversationSidebar).show(summaries, current)
 
     def _store_append(self, message: Message) -> None:
@@ -222,6 +287,7 @@ class ChatScreen(Screen[None]):
         """Add `text` as the user's message and start the reply."""
         assert self.conversation is not None
         self._store_append(Message("user", text))
+        self.refresh_welcome()
         await self.chat_log.add(MessageData("user", text))
         if self.query_one("#sidebar").display:
             await self.refresh_sidebar()
@@ -261,6 +327,27 @@ class ChatScreen(Screen[None]):
                 await worker.wait()
 
     # ---------------------------------------------------------------- actions
+
+    def action_scroll_log(self, where: str) -> None:
+        """PageUp/PageDown/Ctrl+Home/Ctrl+End: scroll the conversation; scrolled up, the view
+        stops following a streaming reply until it is at the bottom again."""
+        log_view = self.chat_log
+        if where == "page_up":
+            log_view.scroll_page_up(animate=False)
+        elif where == "page_down" and log_view.max_scroll_y - log_view.scroll_y > \
+                log_view.size.height:
+            log_view.scroll_page_down(animate=False)
+        elif where == "home":
+            log_view.scroll_home(animate=False)
+        else:  # the end, or a page down that reaches it: follow the stream again
+            log_view.scroll_end(animate=False)
+            log_view.anchor()
+
+    def _scrolled(self) -> None:
+        """The "new text below" marker: shown while the view is not at the bottom and there is
+        text under it."""
+        log_view = self.chat_log
+        self.query_one("#new-text").display = log_view.max_scroll_y - log_view.scroll_y > 1
 
     def action_stop(self) -> None:
         """Stop the reply; its partial text stays, marked as stopped."""
@@ -472,7 +559,9 @@ class ChatScreen(Screen[None]):
                     self.notify(str(exc), severity="error")
             await self.refresh_sidebar()
 
-        self.app.push_screen(ConfirmScreen("Delete this conversation?", "Delete", "Keep"), done)
+        title = next((c.title for c in self._summaries if c.id == conversation_id), "")
+        question = f"Delete the conversation {title or '(untitled)'!r}? This cannot be undone."
+        self.app.push_screen(ConfirmScreen(question, "Delete", "Keep", safe_default=True), done)
 
     def on_chat_log_earlier_loaded(self, event: ChatLog.EarlierLoaded) -> None:
         event.stop()

@@ -48,7 +48,7 @@ def binding_rows(bindings: Iterable[Binding]) -> list[tuple[str, str]]:
             continue
         seen.add(binding.action)
         keys = " / ".join(key_label(k.strip()) for k in binding.key.split(","))
-        rows.append((keys, binding.description))
+        rows.append((keys, binding.tooltip or binding.description))
     return rows
 
 

@@ -25,8 +25,8 @@ class MetricsScreen(Screen[None]):
     """Everything measured this session. Esc or F5 goes back to the chat."""
 
     BINDINGS = [
-        Binding("escape,f5,q", "close", "Back to chat"),
-        Binding("o", "open_bench", "Open bench JSON"),
+        Binding("escape,f5,q", "close", "Back", tooltip="Back to chat"),
+        Binding("o", "open_bench", "Bench file", tooltip="Chart a `lampchat bench --json` file"),
     ]
 
     def __init__(self, session: SessionMetrics, live: bool = True,
@@ -51,7 +51,7 @@ class MetricsScreen(Screen[None]):
         yield Static("Last replies  (o: chart a `lampchat bench --json` file)", classes="title",
                      markup=False)
         yield DataTable(id="replies", zebra_stripes=True, cursor_type="row")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

@@ -90,7 +90,7 @@ class ModelPickerScreen(ModalScreen[ModelChoice | None]):
             yield ModelTable(self._entries, self._current, query=self._query)
             if self._listers:
                 yield LoadingIndicator()
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#model-filter", Input).focus()

@@ -130,7 +130,7 @@ class SettingsScreen(Screen[SettingsResult | None]):
             yield Button("Reset to defaults", id="reset")
             yield Button("Cancel", id="cancel")
             yield Button("Save", id="save", variant="primary")
-        yield Footer()
+        yield Footer(compact=True)
 
     def _theme_choices(self) -> dict[str, list[str]]:
         try:

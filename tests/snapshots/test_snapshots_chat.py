@@ -38,6 +38,7 @@ def snapshot_app(tmp_path: Path, show_metrics: bool = False) -> LampchatApp:
     options.backend = "scripted"
     app = LampchatApp(options, ChatStore())
     app.session.rss_source = lambda: 180.0
+    app.format_time = lambda _timestamp: "09:30"  # type: ignore[method-assign]
     return app
 
 
@@ -106,3 +107,23 @@ def test_bench_chart_snapshot(snap_compare, tmp_path: Path) -> None:
         await pilot.pause(0.2)
 
     assert snap_compare(snapshot_app(tmp_path), run_before=run_before, terminal_size=SIZE)
+
+
+NARROW = (80, 24)
+"""The smallest common terminal: every screen must be usable at it."""
+
+
+@pytest.mark.parametrize("keys", [[], ["f1"], ["f5"], ["ctrl+b"], ["ctrl+b", "d"], ["f4"]],
+                         ids=["chat", "help", "metrics", "list", "delete", "panel-overlay"])
+def test_80x24_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
+    """The chat with a conversation longer than the screen (metrics panel on, which steps
+    aside at this width), and each screen and dialog opened from it."""
+    async def run_before(pilot: Any) -> None:
+        await converse(pilot, "How do I brew tea?", "And coffee?")
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.3)
+        await settle(pilot)
+
+    assert snap_compare(snapshot_app(tmp_path, show_metrics=True), run_before=run_before,
+                        terminal_size=NARROW)

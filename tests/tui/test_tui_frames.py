@@ -213,7 +213,7 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
     app = LampchatApp(options, ChatStore())
     blinking: list[bool] = []
     panel_per_tick: list[float] = []
-    async with app.run_test(size=(100, 30)) as pilot:
+    async with app.run_test(size=(120, 30)) as pilot:  # wide: the panel beside the chat
         while app.engine.info is None or app.loading:
             await pilot.pause(0.05)
         for backend in ("scripted", "llama.cpp"):  # a scripted model takes no CPU to decode

@@ -1,0 +1,164 @@
+"""The TUI as a daily driver (issue 22): narrow terminals, scrolling from the keyboard, picking
+up where you left off, a welcome line, a safer delete."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Button, Footer, Static
+
+from app.history import Message
+from app.history_store import HistoryStore
+from app.options import TuiOptions
+from app.screens.chat import PANEL_MIN_WIDTH
+from app.screens.dialogs import ConfirmScreen
+from app.tui import LampchatApp
+from app.tui_store import ChatStore
+from tests.support import scripted_backend
+from tests.support.tui_chat import wait_for
+
+
+def make_app(monkeypatch: pytest.MonkeyPatch, store: ChatStore | None = None,
+             model: str = "scripted://demo?rate=0", **options: Any) -> LampchatApp:
+    scripted_backend.install(monkeypatch)
+    return LampchatApp(TuiOptions(model=model, backend="scripted", **options),
+                       store or ChatStore())
+
+
+async def ready(pilot: Any) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: app.engine.info is not None and not app.loading)
+
+
+async def say(pilot: Any, text: str) -> None:
+    chat = pilot.app.chat
+    n = len(chat.conversation.messages)
+    chat.prompt.focus()
+    chat.prompt.load_text(text)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: chat.generation is None and len(chat.conversation.messages)
+                   == n + 2)
+
+
+async def test_at_80x24_the_panel_steps_aside_and_the_footer_keeps_every_f_key(monkeypatch) -> None:
+    """The metrics panel (on by default) left the chat 36 columns at 80x24 and the footer lost
+    F2-F5. Below PANEL_MIN_WIDTH it hides; F4 lays it over the chat; wide again, it is back."""
+    app = make_app(monkeypatch, show_metrics=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        assert not chat.metrics_panel.display
+        assert chat.chat_log.size.width >= 76 and chat.prompt.size.width >= 70
+        footer = chat.query_one(Footer)
+        shown = [str(k.render()) for k in footer.query("FooterKey")]
+        for key in ("f1", "f2", "f3", "f4", "f5", "^n", "^b"):
+            assert any(text.strip().startswith(key) for text in shown), (key, shown)
+        right = max(k.region.right for k in footer.query("FooterKey"))
+        assert right <= 80 - len("^p palette")  # nothing cut at the edge
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        assert chat.metrics_panel.display and chat.metrics_panel.has_class("-overlay")
+        assert chat.chat_log.size.width >= 76  # over the chat, not beside it
+        await pilot.press("f4")
+        await pilot.pause(0.1)
+        assert not chat.metrics_panel.display
+        await pilot.resize_terminal(PANEL_MIN_WIDTH + 20, 40)
+        await pilot.pause(0.2)
+        assert chat.metrics_panel.display and not chat.metrics_panel.has_class("-overlay")
+        for size in ((60, 20), (40, 12), (80, 24)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause(0.1)
+            assert app.is_running
+
+
+async def test_page_keys_scroll_the_conversation_from_the_input(monkeypatch) -> None:
+    app = make_app(monkeypatch, model="scripted://demo?rate=60")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        for text in ("one", "two", "three"):
+            await say(pilot, text)
+        log = chat.chat_log
+        await pilot.pause(0.1)
+        assert log.scroll_y == log.max_scroll_y > 0
+        marker = chat.query_one("#new-text", Static)
+        assert not marker.display
+        await pilot.press("pageup")
+        await pilot.pause(0.1)
+        assert app.focused is chat.prompt  # the input keeps the focus
+        assert log.scroll_y < log.max_scroll_y and marker.display
+        await pilot.press("ctrl+home")
+        await pilot.pause(0.1)
+        assert log.scroll_y == 0
+        chat.prompt.load_text("four")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.generation is not None)
+        await pilot.press("ctrl+home")  # scrolled up while it streams: the view stays
+        await wait_for(pilot, lambda: chat.generation is None)
+        assert log.scroll_y == 0 and marker.display
+        await pilot.press("ctrl+end")
+        await pilot.pause(0.1)
+        assert log.scroll_y == log.max_scroll_y and not marker.display
+        await pilot.press("pageup", "pagedown")
+        await pilot.pause(0.1)
+        assert log.scroll_y == log.max_scroll_y
+
+
+async def test_an_empty_chat_says_what_is_loaded_and_where_to_go(monkeypatch) -> None:
+    app = make_app(monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        welcome = app.chat.query_one("#welcome", Static)
+        await wait_for(pilot, lambda: "demo" in str(welcome.render()))
+        text = str(welcome.render())
+        assert "Chatting with demo." in text and "F2" in text and "F1" in text
+        await say(pilot, "hi")
+        assert not welcome.display
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert welcome.display
+
+
+async def test_delete_names_the_conversation_and_starts_on_keep(monkeypatch,
+                                                                  tmp_path: Path) -> None:
+    store = ChatStore(HistoryStore(tmp_path / "history"))
+    app = make_app(monkeypatch, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await say(pilot, "Tea or coffee?")
+        await pilot.press("ctrl+b")
+        await pilot.pause(0.2)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        dialog = app.screen
+        assert "'Tea or coffee?'" in dialog.question
+        assert app.focused is dialog.query_one("#no", Button)
+        await pilot.press("enter")  # Enter on the focused button keeps it
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert [c.title for c in store.list()] == ["Tea or coffee?"]
+
+
+async def test_starting_again_reopens_the_last_conversation(monkeypatch, tmp_path: Path) -> None:
+    history = tmp_path / "history"
+    first = ChatStore(HistoryStore(history))
+    old = first.new()
+    first.append(old, Message("user", "older question"))
+    last = first.new()
+    first.append(last, Message("user", "What was I asking?"))
+    first.append(last, Message("assistant", "About tea."))
+    app = make_app(monkeypatch, ChatStore(HistoryStore(history)), resume=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert app.chat.conversation.id == last.id
+        assert [m.content for m in app.chat.conversation.messages] == [
+            "What was I asking?", "About tea."]
+        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")  # empty chats are never listed
+        await pilot.pause(0.1)
+        assert [c.n_messages for c in app.store.list() if c.n_messages == 0] == [0]
+    fresh = make_app(monkeypatch, ChatStore(HistoryStore(history)), resume=False)
+    async with fresh.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert not fresh.chat.conversation.messages
