@@ -79,6 +79,10 @@ class ChatScreen(Screen[None]):
         """Whether F4 opened the panel over the chat in a narrow terminal."""
         self._summaries: list[ConversationSummary] = []
         self._model_text = ""
+        self.queued: str | None = None
+        """A message sent while a reply streamed: sent when it ends (Esc takes it back)."""
+        self._drafts: dict[str, str] = {}
+        """Unsent input per conversation, restored when you come back to it."""
 
     @property
     def lampchat(self) -> ChatHost:
@@ -107,6 +111,7 @@ class ChatScreen(Screen[None]):
                     yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
                     yield Static("", id="load-label", markup=False)
                     yield Static("↓ more below · Ctrl+End", id="new-text", markup=False)
+                    yield Static("", id="queued", markup=False)
                 yield Static("", id="welcome", markup=False)
                 yield ChatLog(window=app.options.log_window, id="log")
                 yield PromptInput(
@@ -122,6 +127,7 @@ class ChatScreen(Screen[None]):
         self.panel_wanted = self.lampchat.options.show_metrics
         self.place_metrics_panel()
         self.query_one("#new-text").display = False
+        self.query_one("#queued").display = False
         log_view = self.chat_log
         self.watch(log_view, "scroll_y", self._scrolled, init=False)
         self.watch(log_view, "virtual_size", self._scrolled, init=False)
@@ -207,7 +213,11 @@ class ChatScreen(Screen[None]):
     # ---------------------------------------------------------- conversations
 
     async def show_conversation(self, conversation: Conversation) -> None:
-        """Make `conversation` the current one and show it."""
+        """Make `conversation` the current one and show it (keeping the input's unsent text
+        with the one left, and bringing back this one's)."""
+        if self.conversation is not None and self.conversation.id != conversation.id:
+            self._drafts[self.conversation.id] = self.prompt.text
+            self.prompt.load_text(self._drafts.pop(conversation.id, ""))
         self.conversation = conversation
         self._code_index = self._reply_index = 0
         self.lampchat.store.mirror(conversation)
@@ -263,12 +273,26 @@ class ChatScreen(Screen[None]):
             self.prompt.clear()
             await self.lampchat.run_slash(text.strip())
             return
+        if self.generating and self.queued is None:  # sent when the reply ends
+            self.prompt.add_to_history(text)
+            self.lampchat.remember_prompt(text)
+            self.prompt.clear()
+            self._set_queued(text)
+            return
         if not self.ready_to_send():
             return
         self.prompt.add_to_history(text)
         self.lampchat.remember_prompt(text)
         self.prompt.clear()
         await self.send(text)
+
+    def _set_queued(self, text: str | None) -> None:
+        self.queued = text
+        label = self.query_one("#queued", Static)
+        label.display = text is not None
+        if text is not None:
+            short = text if len(text) <= 24 else text[:23] + "…"
+            label.update(f"queued: {short!r} · Esc takes it back")
 
     def ready_to_send(self) -> bool:
         """Whether a new reply can start now (if not, say why)."""
@@ -319,6 +343,10 @@ class ChatScreen(Screen[None]):
 
     def _reply_saved(self) -> None:
         self.reply = None
+        if self.queued is not None:  # the message sent while it streamed
+            text = self.queued
+            self._set_queued(None)
+            self.call_later(self.send, text)
 
     async def wait_for_reply(self) -> None:
         """Wait until the running reply (if any) has finished."""
@@ -350,9 +378,17 @@ class ChatScreen(Screen[None]):
         self.query_one("#new-text").display = log_view.max_scroll_y - log_view.scroll_y > 1
 
     def action_stop(self) -> None:
-        """Stop the reply; its partial text stays, marked as stopped."""
+        """Stop the reply (its partial text stays, marked as stopped) and give back a queued
+        message to the input; with no reply, Esc clears the input (Ctrl+Z brings it back)."""
         if self.generation is not None:
+            if self.queued is not None:
+                if not self.prompt.text.strip():
+                    self.prompt.load_text(self.queued)
+                self._set_queued(None)
             self.generation.cancel()
+        elif self.focused is self.prompt and self.prompt.text:
+            self.prompt.clear()  # an edit like any other: Ctrl+Z undoes it
+            return
         elif self.query_one("#sidebar").display and self.focused is not self.prompt:
             self.query_one("#sidebar").display = False
         self.prompt.focus()

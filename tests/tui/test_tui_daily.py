@@ -162,3 +162,56 @@ async def test_starting_again_reopens_the_last_conversation(monkeypatch, tmp_pat
     async with fresh.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         assert not fresh.chat.conversation.messages
+
+
+async def test_enter_while_a_reply_streams_queues_the_message(monkeypatch) -> None:
+    """It was refused ("A reply is streaming"); now it waits, shown in the status bar, and
+    goes when the reply ends; Esc stops the reply and gives the queued text back."""
+    app = make_app(monkeypatch, model="scripted://demo?rate=80")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        chat.prompt.load_text("first")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.generation is not None)
+        chat.prompt.load_text("second")
+        await pilot.press("enter")
+        queued = chat.query_one("#queued", Static)
+        assert chat.queued == "second" and queued.display and not chat.prompt.text
+        assert "queued: 'second'" in str(queued.render())
+        await wait_for(pilot, lambda: len(chat.conversation.messages) == 4
+                       and chat.generation is None, timeout=30)
+        assert [m.content for m in chat.conversation.messages][::2] == ["first", "second"]
+        assert not queued.display
+        chat.prompt.load_text("third")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.generation is not None)
+        chat.prompt.load_text("fourth")
+        await pilot.press("enter")
+        await pilot.press("escape")  # stops the reply, the queued text comes back
+        await wait_for(pilot, lambda: chat.generation is None)
+        await pilot.pause(0.2)
+        assert chat.prompt.text == "fourth" and chat.queued is None
+        assert [m.content for m in chat.conversation.messages][::2] == [
+            "first", "second", "third"]
+
+
+async def test_esc_clears_the_input_and_drafts_stay_with_their_conversation(monkeypatch) -> None:
+    app = make_app(monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        await say(pilot, "hello")
+        first = chat.conversation
+        chat.prompt.load_text("half a thought")
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert chat.prompt.text == ""  # a new conversation starts empty
+        chat.prompt.load_text("another draft")
+        await pilot.press("escape")
+        assert chat.prompt.text == ""
+        await pilot.press("ctrl+z")
+        assert chat.prompt.text == "another draft"
+        await chat.show_conversation(app.store.get(first.id))
+        await pilot.pause(0.1)
+        assert chat.prompt.text == "half a thought"
