@@ -142,6 +142,21 @@ def render_rows(rows: list[tuple[str, str]], width: int = 14) -> str:
     return "\n".join(f"{label:<{width}}{value}" for label, value in rows)
 
 
+def chart_caption(tokens_per_s: bool, series: list[float]) -> str:
+    """A chart's title with its scale: the last reply's value, and the lowest and highest
+    shown (the chart's bottom and top), e.g. "tok/s 52.1 · replies 48.0–55.3"."""
+    name = "tok/s" if tokens_per_s else "TTFT"
+    if not series:
+        return name
+    shown = series[-40:]
+
+    def fmt(value: float) -> str:
+        return f"{value:.1f}" if tokens_per_s else format_ms(value)
+
+    scale = f" · replies {fmt(min(shown))}–{fmt(max(shown))}" if len(shown) >= 2 else ""
+    return f"{name} {fmt(shown[-1])}{scale}"
+
+
 class MetricsPanel(VerticalScroll):
     """The F4 side panel: live numbers and tokens/s and TTFT sparklines."""
 
@@ -160,9 +175,9 @@ class MetricsPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("Metrics", classes="title")
         yield Static("", id="rows", markup=False)
-        yield Static("tokens/s per reply", classes="caption")
+        yield Static("tok/s", id="tps-caption", classes="caption", markup=False)
         yield Sparkline([], id="tps")
-        yield Static("TTFT per reply", classes="caption")
+        yield Static("TTFT", id="ttft-caption", classes="caption", markup=False)
         yield Sparkline([], id="ttft")
 
     def refresh_metrics(self) -> None:
@@ -177,6 +192,8 @@ class MetricsPanel(VerticalScroll):
             relayout_if_resized(rows, before)
         for sparkline_id, series in (("#tps", self.session.tps_series()),
                                      ("#ttft", self.session.ttft_series())):
+            caption = self.query_one(f"{sparkline_id}-caption", Static)
+            caption.update(chart_caption(sparkline_id == "#tps", series), layout=False)
             sparkline = self.query_one(sparkline_id, Sparkline)
             # one sample would be drawn as a solid block the full height: a chart needs two
             sparkline.display = len(series) >= 2

@@ -215,3 +215,14 @@ async def test_esc_clears_the_input_and_drafts_stay_with_their_conversation(monk
         await chat.show_conversation(app.store.get(first.id))
         await pilot.pause(0.1)
         assert chat.prompt.text == "half a thought"
+
+
+def test_chart_captions_carry_the_scale() -> None:
+    """The panel's charts were bare blocks: their captions give the last value and the range
+    the chart spans."""
+    from widgets.metrics_panel import chart_caption
+
+    assert chart_caption(True, []) == "tok/s"
+    assert chart_caption(True, [48.0]) == "tok/s 48.0"
+    assert chart_caption(True, [48.0, 55.25, 52.1]) == "tok/s 52.1 · replies 48.0–55.2"
+    assert chart_caption(False, [900.0, 12_500.0]) == "TTFT 12.5 s · replies 900 ms–12.5 s"
