@@ -55,13 +55,17 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
         print(f"lampchat: warning: {warning}", file=sys.stderr)
     backend = args.backend or config.backend()
     sampling, settings, model = config.sampling(), config.load_settings(), args.model
-    store_system = None
+    store_system, unresolved = None, None
     if backend == "auto" or is_local(backend):  # a name `lampchat models` shows, or a path;
         # a server knows its own names
-        entry = await asyncio.to_thread(resolve_name, args.model, config)
-        model = entry.path
-        sampling, settings = with_store_defaults(entry, config, sampling, settings)
-        store_system = store_system_prompt(entry, config)
+        try:
+            entry = await asyncio.to_thread(resolve_name, args.model, config)
+        except LampchatError as exc:  # raised once the prompt is saved (--save-history)
+            unresolved = exc
+        else:
+            model = entry.path
+            sampling, settings = with_store_defaults(entry, config, sampling, settings)
+            store_system = store_system_prompt(entry, config)
     elif not model:
         model = config.model()
     sampling = sampling_from_args(args, sampling)
@@ -83,6 +87,8 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
     if args.save_history:  # written now: the prompt is kept whatever happens next
         file_lock.hold(Path(args.save_history))  # one writer at a time across processes
         writer.write_all(conv, Path(args.save_history).expanduser())
+    if unresolved is not None:
+        raise unresolved
     messages = conv.chat_messages()
 
     worker = EngineWorker()
