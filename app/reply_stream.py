@@ -22,7 +22,7 @@ from app.chat_host import ChatHost
 from app.history import Conversation, Message
 from engine.errors import LampchatError
 from engine.registry import is_local
-from engine.types import ReplyMetrics
+from engine.types import ReplyMetrics, SamplingParams
 from engine.worker import Generation
 from widgets.frame_pacer import FRAME_S, LOCAL_CPU_BUDGET
 from widgets.messages import AssistantMessage, ChatLog, MessageData, MessageState, format_tps
@@ -83,14 +83,16 @@ class ReplyStream:
     @classmethod
     async def start(cls, host: ChatHost, screen: Screen[None], conversation: Conversation,
                     log_view: ChatLog, panel: MetricsPanel,
-                    policy: StreamPolicy = POLICY) -> ReplyStream | None:
-        """Ask the engine for a reply to `conversation` and add its (empty) message to
-        `log_view`; None, with a toast saying why, when it cannot start."""
+                    policy: StreamPolicy = POLICY,
+                    sampling: SamplingParams | None = None) -> ReplyStream | None:
+        """Ask the engine for a reply to `conversation` (with `sampling`, else the host's)
+        and add its (empty) message to `log_view`; None, with a toast saying why, when it
+        cannot start."""
         info = host.engine.info
         local_cpu = info is not None and is_local(info.backend) and info.device == "cpu"
         try:
             generation = host.engine.generate(
-                conversation.chat_messages(), host.sampling(),
+                conversation.chat_messages(), sampling or host.sampling(),
                 policy.local_wake_s if local_cpu else 0.0)
         except (ValueError, LampchatError) as exc:
             host.notify(f"cannot start a reply: {exc}", severity="error")

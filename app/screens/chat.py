@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -20,6 +21,7 @@ from app.reply_stream import ReplyStream
 from app.screens.dialogs import ConfirmScreen, TextPromptScreen
 from app.tui_store import metrics_from_dict
 from engine.errors import LampchatError
+from engine.types import SamplingParams
 from engine.worker import Generation
 from widgets.messages import AssistantMessage, ChatLog, MessageData, code_blocks
 from widgets.metrics_panel import MetricsPanel
@@ -79,6 +81,8 @@ class ChatScreen(Screen[None]):
         """Whether F4 opened the panel over the chat in a narrow terminal."""
         self._summaries: list[ConversationSummary] = []
         self._model_text = ""
+        self._regenerations = 0
+        """Regenerations of the last reply (each moves a fixed seed on by one)."""
         self.queued: str | None = None
         """A message sent while a reply streamed: sent when it ends (Esc takes it back)."""
         self._drafts: dict[str, str] = {}
@@ -310,6 +314,7 @@ class ChatScreen(Screen[None]):
     async def send(self, text: str) -> None:
         """Add `text` as the user's message and start the reply."""
         assert self.conversation is not None
+        self._regenerations = 0
         self._store_append(Message("user", text))
         self.refresh_welcome()
         await self.chat_log.add(MessageData("user", text))
@@ -317,11 +322,11 @@ class ChatScreen(Screen[None]):
             await self.refresh_sidebar()
         await self.start_reply()
 
-    async def start_reply(self) -> None:
-        """Stream a reply to the conversation as it stands."""
+    async def start_reply(self, sampling: SamplingParams | None = None) -> None:
+        """Stream a reply to the conversation as it stands (`sampling`: the host's)."""
         assert self.conversation is not None
         reply = await ReplyStream.start(self.lampchat, self, self.conversation, self.chat_log,
-                                        self.metrics_panel)
+                                        self.metrics_panel, sampling=sampling)
         if reply is None:
             return
         reply.on_saved = self._reply_saved
@@ -404,7 +409,14 @@ class ChatScreen(Screen[None]):
         if turns[-1].role == "assistant":
             self._store_truncate(len(turns) - 1)
             await self.chat_log.remove_last(1)
-        await self.start_reply()
+        sampling = self.lampchat.sampling()
+        if sampling.seed is not None:  # a fixed seed would give the same reply again
+            self._regenerations += 1
+            seed = (sampling.seed + self._regenerations) % 2**32
+            self.notify(f"Regenerating with seed {seed}: the configured seed "
+                        f"{sampling.seed} would repeat the same reply.")
+            sampling = replace(sampling, seed=seed)
+        await self.start_reply(sampling)
 
     async def action_edit_last(self) -> None:
         """Put the last prompt back in the input, and drop it and its reply."""

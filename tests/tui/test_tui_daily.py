@@ -226,3 +226,28 @@ def test_chart_captions_carry_the_scale() -> None:
     assert chart_caption(True, [48.0]) == "tok/s 48.0"
     assert chart_caption(True, [48.0, 55.25, 52.1]) == "tok/s 52.1 · replies 48.0–55.2"
     assert chart_caption(False, [900.0, 12_500.0]) == "TTFT 12.5 s · replies 900 ms–12.5 s"
+
+
+async def test_regenerating_with_a_fixed_seed_moves_to_the_next_seed(monkeypatch) -> None:
+    """With `generation.seed` fixed, Ctrl+R asked for the same seed and got the same reply."""
+    from engine.types import SamplingParams
+
+    app = make_app(monkeypatch, sampling=SamplingParams(seed=41))
+    seeds: list[int | None] = []
+    original = app.engine.generate
+
+    def recording(messages, sampling, *args):
+        seeds.append(sampling.seed)
+        return original(messages, sampling, *args)
+
+    monkeypatch.setattr(app.engine, "generate", recording)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await say(pilot, "hi")
+        for _ in range(2):
+            n = len(seeds)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda n=n: len(seeds) > n and app.chat.generation is None)
+        await say(pilot, "again")
+        assert seeds == [41, 42, 43, 41]
+        assert any("seed 43" in str(n.message) for n in app._notifications)
