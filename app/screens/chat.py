@@ -7,12 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar, Static
+from textual.widgets import Footer, Input, ProgressBar, Static
 
 from app.chat_host import ChatHost
 from app.export import export_markdown
@@ -23,7 +23,7 @@ from app.tui_store import metrics_from_dict
 from engine.errors import LampchatError
 from engine.types import SamplingParams
 from engine.worker import Generation
-from widgets.messages import AssistantMessage, ChatLog, MessageData, code_blocks
+from widgets.messages import AssistantMessage, ChatLog, MessageData, MessageView, code_blocks
 from widgets.metrics_panel import MetricsPanel
 from widgets.prompt_input import PromptInput
 from widgets.sidebar import ConversationSidebar, ConversationSummary
@@ -63,6 +63,7 @@ class ChatScreen(Screen[None]):
         Binding("pageup", "scroll_log('page_up')", "Scroll up", show=False, priority=True),
         Binding("pagedown", "scroll_log('page_down')", "Scroll down", show=False,
                 priority=True),
+        Binding("ctrl+f", "find", "Find", show=False, priority=True),
         Binding("ctrl+home", "scroll_log('home')", "Top", show=False, priority=True),
         Binding("ctrl+end", "scroll_log('end')", "Bottom", show=False, priority=True),
     ]
@@ -83,6 +84,7 @@ class ChatScreen(Screen[None]):
         self._model_text = ""
         self._regenerations = 0
         """Regenerations of the last reply (each moves a fixed seed on by one)."""
+        self._find_index = -1
         self.queued: str | None = None
         """A message sent while a reply streamed: sent when it ends (Esc takes it back)."""
         self._drafts: dict[str, str] = {}
@@ -118,6 +120,8 @@ class ChatScreen(Screen[None]):
                     yield Static("", id="queued", markup=False)
                 yield Static("", id="welcome", markup=False)
                 yield ChatLog(window=app.options.log_window, id="log")
+                yield Input(placeholder="Find in this conversation (Enter/↑ older match · ↓ "
+                            "newer · Esc closes)", id="find", compact=True)
                 yield PromptInput(
                     history=app.prompt_history_items(),
                     placeholder="Message (Enter sends · Ctrl+J new line · ↑ earlier prompts)",
@@ -132,6 +136,7 @@ class ChatScreen(Screen[None]):
         self.place_metrics_panel()
         self.query_one("#new-text").display = False
         self.query_one("#queued").display = False
+        self.query_one("#find").display = False
         log_view = self.chat_log
         self.watch(log_view, "scroll_y", self._scrolled, init=False)
         self.watch(log_view, "virtual_size", self._scrolled, init=False)
@@ -375,6 +380,70 @@ class ChatScreen(Screen[None]):
         else:  # the end, or a page down that reaches it: follow the stream again
             log_view.scroll_end(animate=False)
             log_view.anchor()
+
+    # ------------------------------------------------------------------ find
+
+    def action_find(self) -> None:
+        """Ctrl+F: the find bar over the input."""
+        find = self.query_one("#find", Input)
+        find.display = True
+        find.focus()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "find":
+            event.stop()
+            self._find(event.value, 0, restart=True)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "find":
+            event.stop()
+            self._find(event.value, 1)
+
+    def on_key(self, event: events.Key) -> None:
+        find = self.query_one("#find", Input)
+        if self.focused is not find:
+            return
+        if event.key == "escape":
+            event.stop()
+            self._close_find()
+        elif event.key == "up":  # older, as Enter
+            event.stop()
+            self._find(find.value, 1)
+        elif event.key in ("down", "shift+enter"):  # newer
+            event.stop()
+            self._find(find.value, -1)
+
+    def _close_find(self) -> None:
+        find = self.query_one("#find", Input)
+        find.display = False
+        for view in self.chat_log.query(MessageView):
+            view.remove_class("-match", "-current-match")
+        self._find_index = -1
+        self.prompt.focus()
+
+    def _find(self, text: str, step: int, restart: bool = False) -> None:
+        """Mark the messages holding `text` (any case) and go to the next older one (`step`
+        1), the next newer (-1) or, after an edit, the newest; say which it is."""
+        views = [v for v in self.chat_log.query(MessageView) if v.data.role != "system"]
+        needle = text.strip().casefold()
+        hits = [v for v in views if needle and needle in v.data.content.casefold()]
+        for view in views:
+            view.set_class(view in hits, "-match")
+            view.remove_class("-current-match")
+        status = self.query_one("#find", Input)
+        if not hits:
+            self._find_index = -1
+            status.border_subtitle = "no match" if needle else ""
+            return
+        if restart or not 0 <= self._find_index < len(hits):
+            self._find_index = len(hits) - 1  # the newest first
+        else:
+            self._find_index = (self._find_index - step) % len(hits)
+        current = hits[self._find_index]
+        current.add_class("-current-match")
+        self.chat_log.scroll_to_widget(current, animate=False, top=True)
+        self.notify(f"{len(hits) - self._find_index} of {len(hits)} messages with "
+                    f"{text.strip()!r}", timeout=2)
 
     def _scrolled(self) -> None:
         """The "new text below" marker: shown while the view is not at the bottom and there is

@@ -251,3 +251,37 @@ async def test_regenerating_with_a_fixed_seed_moves_to_the_next_seed(monkeypatch
         await say(pilot, "again")
         assert seeds == [41, 42, 43, 41]
         assert any("seed 43" in str(n.message) for n in app._notifications)
+
+
+async def test_ctrl_f_finds_text_in_the_conversation(monkeypatch) -> None:
+    from textual.widgets import Input
+
+    from widgets.messages import MessageView
+
+    app = make_app(monkeypatch)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        for text in ("lighthouse one", "nothing here", "the LIGHTHOUSE again"):
+            await say(pilot, text)
+        await pilot.press("ctrl+f")
+        find = chat.query_one("#find", Input)
+        assert find.display and app.focused is find
+        await pilot.press(*"lighthouse")
+        await pilot.pause(0.1)
+        marked = [v.data.content for v in chat.query(MessageView) if v.has_class("-match")]
+        assert marked == ["lighthouse one", "the LIGHTHOUSE again"]
+        current = lambda: [v.data.content for v in chat.query(MessageView)  # noqa: E731
+                           if v.has_class("-current-match")]
+        assert current() == ["the LIGHTHOUSE again"]  # the newest first
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert current() == ["lighthouse one"]
+        assert chat.chat_log.scroll_y < chat.chat_log.max_scroll_y  # scrolled up to it
+        await pilot.press("down")
+        await pilot.pause(0.1)
+        assert current() == ["the LIGHTHOUSE again"]
+        await pilot.press("escape")  # closes the bar, not a reply
+        await pilot.pause(0.1)
+        assert not find.display and app.focused is chat.prompt
+        assert not [v for v in chat.query(MessageView) if v.has_class("-match")]
