@@ -58,6 +58,10 @@ class ChatSummary:
     problem: str | None = None
 
 
+SEARCH_MAX_BYTES = 8 << 20
+"""How much of each saved conversation a search reads."""
+
+
 class ChatStore:
     """The conversations of a TUI session (saved in `history` when given, else in memory).
 
@@ -116,6 +120,25 @@ class ChatStore:
                     conv.id, conv.title or conv.auto_title() or "New chat",
                     self._updated.get(conv.id, conv.created), len(conv.messages))
         return sorted(out.values(), key=lambda s: s.updated, reverse=True)
+
+    def search(self, text: str) -> set[str]:
+        """Ids of the conversations whose messages (or title) hold `text`, any case: open ones
+        from memory, saved ones from their files (at most `SEARCH_MAX_BYTES` of each)."""
+        needle = text.casefold()
+        found = {cid for cid, conv in self._open.items()
+                 if needle in (conv.title or "").casefold()
+                 or any(needle in m.content.casefold() for m in conv.messages)}
+        if self.history is not None:
+            for summary in self.history.list():
+                if summary.id in found or summary.id in self._open:
+                    continue
+                try:
+                    with open(summary.path, encoding="utf-8", errors="replace") as fh:
+                        if needle in fh.read(SEARCH_MAX_BYTES).casefold():
+                            found.add(summary.id)
+                except OSError:
+                    continue
+        return found
 
     def get(self, conversation_id: str) -> Conversation:
         """A conversation with all its messages."""

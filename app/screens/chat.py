@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
+from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -85,6 +86,8 @@ class ChatScreen(Screen[None]):
         self._regenerations = 0
         """Regenerations of the last reply (each moves a fixed seed on by one)."""
         self._find_index = -1
+        self._list_filter = ""
+        """Ctrl+F in the conversation list: only conversations holding this text."""
         self.queued: str | None = None
         """A message sent while a reply streamed: sent when it ends (Esc takes it back)."""
         self._drafts: dict[str, str] = {}
@@ -248,6 +251,16 @@ class ChatScreen(Screen[None]):
             )
             for c in conversations
         ]
+        if self._list_filter:
+            try:
+                keep = self.lampchat.store.search(self._list_filter)
+            except LampchatError as exc:
+                self.notify(str(exc), severity="error")
+                keep = {s.id for s in summaries}
+            summaries = [s for s in summaries if s.id in keep]
+        sidebar = self.query_one(ConversationSidebar)
+        sidebar.query_one(".title", Static).update(Text(
+            f"Matching {self._list_filter!r}" if self._list_filter else "Conversations"))
         current = self.conversation.id if self.conversation else None
         self._summaries = summaries
         await self.query_one(ConversationSidebar).show(summaries, current)
@@ -384,7 +397,19 @@ class ChatScreen(Screen[None]):
     # ------------------------------------------------------------------ find
 
     def action_find(self) -> None:
-        """Ctrl+F: the find bar over the input."""
+        """Ctrl+F: the find bar over the input; in the conversation list, a search of every
+        conversation (an empty one shows them all again)."""
+        sidebar = self.query_one(ConversationSidebar)
+        if sidebar.display and self.focused is not None and sidebar in self.focused.ancestors:
+            async def done(text: str | None) -> None:
+                if text is not None:
+                    self._list_filter = text.strip()
+                    await self.refresh_sidebar()
+                    sidebar.list_view.focus()
+
+            self.app.push_screen(TextPromptScreen("Find in all conversations (empty: show all)",
+                                                  self._list_filter, action="finds"), done)
+            return
         find = self.query_one("#find", Input)
         find.display = True
         find.focus()

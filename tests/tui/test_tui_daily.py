@@ -285,3 +285,35 @@ async def test_ctrl_f_finds_text_in_the_conversation(monkeypatch) -> None:
         await pilot.pause(0.1)
         assert not find.display and app.focused is chat.prompt
         assert not [v for v in chat.query(MessageView) if v.has_class("-match")]
+
+
+async def test_ctrl_f_in_the_list_finds_conversations_by_their_text(monkeypatch,
+                                                                    tmp_path: Path) -> None:
+    from app.screens.dialogs import TextPromptScreen
+    from widgets.sidebar import ConversationSidebar
+
+    history = tmp_path / "history"
+    first = ChatStore(HistoryStore(history))
+    for words in ("about the lighthouse", "about tea", "LIGHTHOUSE keepers"):
+        conv = first.new()
+        first.append(conv, Message("user", words))
+    app = make_app(monkeypatch, ChatStore(HistoryStore(history)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+b")
+        await pilot.pause(0.2)
+        sidebar = app.chat.query_one(ConversationSidebar)
+        assert len(sidebar.summaries) == 4  # three saved and the new one
+        await pilot.press("ctrl+f")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press(*"lighthouse", "enter")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextPromptScreen))
+        await pilot.pause(0.2)
+        assert sorted(s.title for s in sidebar.summaries) == [
+            "LIGHTHOUSE keepers", "about the lighthouse"]
+        await pilot.press("ctrl+f")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextPromptScreen))
+        await pilot.press("ctrl+u", "enter")  # empty: every conversation again
+        await wait_for(pilot, lambda: not isinstance(app.screen, TextPromptScreen))
+        await pilot.pause(0.2)
+        assert len(sidebar.summaries) == 4
