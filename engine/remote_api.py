@@ -44,6 +44,12 @@ class ApiKey:
 
     def __init__(self, value: str = "") -> None:
         self._value = value.strip()
+        bad = next((i for i, c in enumerate(self._value) if not 33 <= ord(c) < 127), None)
+        if bad is not None:  # a header injection, or a key pasted with a stray character
+            self._value = ""
+            raise LampchatError(f"the API key holds a control, space or non-ASCII character "
+                                f"(character {bad + 1}); keys are printable ASCII: check where "
+                                "it is set")
 
     def reveal(self) -> str:
         """The key itself, for the Authorization header only."""

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.backends.base import Backend, ProgressCallback, run_thread_exit_hooks
+from engine.controls import without_controls
 from engine.errors import LampchatError
 from engine.memory import trim_heap
 from engine.metrics import ReplyClock
@@ -146,6 +147,7 @@ class Generation:
         if self._cancel.is_set():
             backend.cancel()
         finish = None
+        produced, capped = 0, False
         try:
             pieces = backend.stream(self._messages, self._sampling, stats)
             try:
@@ -153,7 +155,12 @@ class Generation:
                     if self._cancel.is_set():
                         break
                     clock.token(piece.n_tokens)
-                    put(piece)
+                    clean = without_controls(piece.text)  # never a terminal sequence
+                    put(piece if clean is piece.text else Piece(clean, piece.n_tokens))
+                    produced += piece.n_tokens
+                    if produced >= self._sampling.max_tokens:  # whatever a server sends on
+                        capped = True
+                        break
             finally:
                 pieces.close()
         except LampchatError as exc:
@@ -166,6 +173,8 @@ class Generation:
             finish = "error"
         elif self._cancel.is_set() or backend.cancelled:
             finish = "cancelled"
+        elif capped:
+            finish = "length"
         else:
             finish = stats.finish_reason or "stop"
         self.metrics = clock.metrics(

@@ -333,3 +333,29 @@ async def test_key_and_url_credentials_stay_out_of_logs_and_messages(server, cap
     assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
     assert caplog.records  # something was logged, and none of it is secret
     assert KEY not in caplog.text and "hunter2" not in caplog.text
+
+
+async def test_a_server_that_ignores_max_tokens_is_cut_and_escapes_never_pass(server):
+    """`-n 3` printed 12 tokens from a server that ignores max_tokens; and model text reached
+    the terminal raw: title, clear-screen and OSC 52 clipboard sequences."""
+    pieces = ["one", " two\x1b]0;pwned\x07", " three\x1b[2J", " four", " five", " six"]
+    server.scripts.append(reply_with(pieces))
+    worker = await _load(server)
+    try:
+        generation, got = await _reply(worker, SamplingParams(max_tokens=3))
+        assert generation.text == "one two]0;pwned three[2J"
+        assert not any("\x1b" in p.text or "\x07" in p.text for p in got)
+        assert generation.metrics.finish_reason == "length"
+    finally:
+        await worker.close()
+
+
+def test_an_api_key_with_a_control_character_is_refused_without_showing_it() -> None:
+    from engine.errors import LampchatError
+
+    with pytest.raises(LampchatError, match="control, space or non-ASCII character") as error:
+        ApiKey("sk-secret\nX-Injected: 1")
+    assert "sk-secret" not in str(error.value)
+    with pytest.raises(LampchatError, match=r"\(character 4\)"):
+        ApiKey("sk-é")
+    assert ApiKey("  sk-fine  ").reveal() == "sk-fine"
