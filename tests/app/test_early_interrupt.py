@@ -1,0 +1,45 @@
+"""Ctrl+C at any moment of `lampchat`'s start (while Python imports it, while the model loads)
+ends it without a Python traceback.
+
+Only the interpreter's own start-up, before any Lampchat code runs (site-packages' .pth
+hooks; about 60 ms here), cannot be guarded: the delays count from the end of it, measured
+on the same interpreter first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support.cli import REPO
+
+
+@pytest.fixture(scope="module")
+def interpreter_start() -> float:
+    """Seconds the interpreter takes to start and stop with this environment (the slowest
+    of three, so that a busy machine does not make the test start too early)."""
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+        times.append(time.perf_counter() - start)
+    return max(times)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15, 0.3, 0.6, 1.0])
+def test_ctrl_c_during_start_never_shows_a_traceback(delay: float,
+                                                     interpreter_start: float) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "ask", "--max-tokens", "4", "hi"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)})
+    time.sleep(interpreter_start + delay)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert process.returncode in (0, 130), (process.returncode, err)
