@@ -42,6 +42,7 @@ from app.config_schema import (
     valid_endpoint_name,
 )
 from engine.errors import ConfigError
+from engine.files import read_regular_file
 from engine.types import LoadSettings, SamplingParams
 
 __all__ = [
@@ -332,12 +333,16 @@ def load_config(
     return config
 
 
+MAX_CONFIG_FILE = 1 << 20
+"""The largest config file read (the commented template is about 10 kB)."""
+
+
 def _read_file(config: Config) -> None:
     path = config.path
     if not path.exists():
         return
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_file(path, MAX_CONFIG_FILE).decode("utf-8")
         doc = tomlkit.parse(text)
     except (OSError, UnicodeDecodeError) as exc:
         config.parse_failed = True
@@ -499,7 +504,7 @@ def save_config(config: Config, path: Path | None = None) -> None:
     pending = dict(config._layers["session"])
     if target.exists():
         try:
-            text = target.read_text(encoding="utf-8")
+            text = read_regular_file(target, MAX_CONFIG_FILE).decode("utf-8")
             tomlkit.parse(text)
         except (OSError, UnicodeDecodeError, tomlkit.exceptions.ParseError) as exc:
             raise ConfigError(f"{target}: not saved, the file could not be parsed ({_one_line(exc)}"

@@ -57,6 +57,7 @@ import tomlkit
 
 from app.atomic_file import atomic_write_text
 from engine.errors import LampchatError
+from engine.files import read_regular_file
 from engine.types import ChatMessage
 
 try:  # the stdlib parser is much faster for reading; tomlkit is used for every write
@@ -342,9 +343,13 @@ def first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:160]
 
 
+MAX_HISTORY_FILE = 256 << 20
+"""The largest conversation file read (a long conversation is a few MB)."""
+
+
 def read_text(path: Path) -> str:
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_HISTORY_FILE)
     except FileNotFoundError:
         raise HistoryError(f"{path}: no such conversation file") from None
     except OSError as exc:

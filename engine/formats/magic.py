@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from engine.errors import ModelLoadError
+from engine.files import is_special
 
 GGUF_MAGIC = b"GGUF"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -24,6 +25,8 @@ def check_readable(path: Path) -> None:
     """Raise ModelLoadError unless `path` exists, is readable and (for a file) not empty."""
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
+    if is_special(path):  # a FIFO would block the first read forever
+        raise ModelLoadError(f"model is not a regular file or folder: {path}")
     if not os.access(path, os.R_OK):
         raise ModelLoadError(f"model is not readable (permission denied): {path}")
     if path.is_file() and path.stat().st_size == 0:
