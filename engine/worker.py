@@ -177,10 +177,16 @@ class Generation:
             finish = "length"
         else:
             finish = stats.finish_reason or "stop"
-        self.metrics = clock.metrics(
-            backend.info, stats.prompt_tokens, finish, stats.tokens_estimated, self.error
-        )
-        put(_DONE)
+        try:
+            self.metrics = clock.metrics(
+                backend.info, stats.prompt_tokens, finish, stats.tokens_estimated, self.error
+            )
+        except Exception as exc:  # absurd counts from a backend: the reply still ends
+            log.exception("metrics of the reply failed")
+            self.error = self.error or f"the reply's metrics could not be computed: {exc}"
+            self.metrics = clock.metrics(backend.info, 0, "error", True, self.error)
+        finally:
+            put(_DONE)  # the waiting caller always hears the end
 
 
 class EngineWorker:

@@ -359,3 +359,17 @@ def test_an_api_key_with_a_control_character_is_refused_without_showing_it() -> 
     with pytest.raises(LampchatError, match=r"\(character 4\)"):
         ApiKey("sk-é")
     assert ApiKey("  sk-fine  ").reveal() == "sk-fine"
+
+
+async def test_absurd_usage_numbers_end_the_reply_instead_of_hanging_it(server):
+    """A `usage` with a 400-digit integer killed the engine thread and `ask` waited forever;
+    an error in the engine thread must always reach the caller."""
+    server.scripts.append(reply_with(["Hi", " there"], usage={
+        "prompt_tokens": 10**400, "completion_tokens": -5, "total_tokens": 10**400}))
+    worker = await _load(server)
+    try:
+        generation, _pieces = await asyncio.wait_for(_reply(worker), timeout=20)
+        assert generation.text == "Hi there"
+        assert generation.metrics is not None
+    finally:
+        await worker.close()
