@@ -17,6 +17,7 @@ from pathlib import Path
 
 from engine.errors import ModelLoadError, UnknownFormatError
 from engine.formats import hf_folder
+from engine.formats.gguf_checks import check_metadata
 from engine.formats.gguf_file import GGUFFile
 from engine.formats.magic import (
     GGUF_MAGIC,
@@ -196,4 +197,5 @@ def validate_gguf(path: Path) -> GGUFFile:
     parsed = GGUFFile(path)
     if not parsed.tensors:
         raise ModelLoadError(f"GGUF file holds no tensors: {path}")
+    check_metadata(parsed)
     return parsed

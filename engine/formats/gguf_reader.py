@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.formats.gguf_checks import check_metadata
 from engine.formats.gguf_file import GGUFFile
 
 Progress = Callable[[float, str], None]
@@ -124,6 +125,7 @@ class GGUFModel:
         self.file = GGUFFile(self.path)
         if not self.file.tensors:
             raise ModelLoadError(f"GGUF file holds no tensors: {self.path}")
+        check_metadata(self.file)
         self._meta: dict[str, Any] | None = None
 
     # -- metadata ---------------------------------------------------------------------------

@@ -29,7 +29,8 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
                      head_dim: int | None = None, qkv_bias: bool = False,
                      qk_norm: bool = False, rope_freqs: bool = False,
                      untied: bool = False, sliding_window: int | None = None,
-                     longrope: bool = False, rope_dims: int | None = None) -> Path:
+                     longrope: bool = False, rope_dims: int | None = None,
+                     block_count: int | None = None, rms_eps: float = 1e-5) -> Path:
     """A small LLaMA-layout GGUF (d=64, 4 heads, 2 kv heads) with the bundled tokenizer, written
     as llama.cpp's converter writes `arch` ("llama", "qwen2", "qwen3").
 
@@ -37,7 +38,8 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     embed (None: none); `zero_logits`: the final norm is zero, so every logit is 0 and greedy
     picks token 0; `head_dim`: other than d/heads (written as attention.key_length);
     `qkv_bias`, `qk_norm`, `rope_freqs` (Llama 3.1's frequency factors), `untied`: those
-    tensors too; `rope_dims`: rotate only that many dimensions of each head (partial rotary);
+    tensors too; `block_count`, `rms_eps`: metadata other than the tensors say (crafted
+    files); `rope_dims`: rotate only that many dimensions of each head (partial rotary);
     `longrope`: Phi-3's LongRoPE (context 2048, pretrained 512), as its converter
     writes it."""
     tok = bundled_tokenizer()
@@ -51,12 +53,12 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     writer = gguf.GGUFWriter(path, arch)
     writer.add_context_length(2048 if longrope else 256)
     writer.add_embedding_length(d)
-    writer.add_block_count(layers)
+    writer.add_block_count(layers if block_count is None else block_count)
     writer.add_feed_forward_length(ff)
     writer.add_head_count(heads)
     writer.add_head_count_kv(kv)
     writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_rms_eps(rms_eps)
     writer.add_rope_dimension_count(rope_dims or hd)
     if sliding_window:
         writer.add_sliding_window(sliding_window)
