@@ -7,6 +7,7 @@ asked for. The header is checked before anything is mapped: a damaged file gets 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,7 +34,11 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "U64": np.dtype(np.uint64),
     "BOOL": np.dtype(np.bool_),
 }
-MAX_HEADER = 100 * 1024 * 1024
+MAX_HEADER = 16 * 1024 * 1024
+"""The largest header read. The format allows 100 MB; real ones are a few hundred kB (a
+70B model's shard: about 100 kB), and a 100 MB crafted one took 86 s and 2.5 GB to parse."""
+MAX_DIM = 1 << 40
+"""No real tensor has a dimension this long; a larger one is crafted."""
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -60,7 +65,7 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
         raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelLoadError(f"safetensors header is not valid JSON: {path}") from exc
     if not isinstance(header, dict):
         raise ModelLoadError(f"safetensors header is not a JSON object: {path}")
@@ -73,11 +78,13 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             dt = DTYPES[info["dtype"]]
             shape = [int(d) for d in info["shape"]]
             begin, end = (int(o) for o in info["data_offsets"])
+            if any(not 0 <= d <= MAX_DIM for d in shape):
+                raise ValueError("a dimension out of range")
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelLoadError(
                 f"safetensors entry {name!r} is malformed or has an unknown dtype: {path}"
             ) from exc
-        expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        expected = math.prod(shape) * dt.itemsize  # Python ints: no wrap-around to 0
         if end - begin != expected or begin < 0:
             raise ModelLoadError(
                 f"safetensors entry {name!r} holds {end - begin} bytes, its shape needs "
