@@ -43,6 +43,7 @@ from app.config_schema import (
 )
 from engine.errors import ConfigError
 from engine.files import read_regular_file
+from engine.kv_store import KVStateStore
 from engine.types import LoadSettings, SamplingParams
 
 __all__ = [
@@ -212,6 +213,11 @@ class Config:
     def model_dirs(self) -> list[Path]:
         """`model.dirs` as paths, ~ expanded."""
         return [Path(d).expanduser() for d in self.get("model.dirs")]
+
+    def kv_store(self) -> KVStateStore | None:
+        """Where replies' KV states are kept (`session.kv_cache_mb`; None when 0)."""
+        cap = int(self.get("session.kv_cache_mb"))
+        return KVStateStore(self.cache_dir() / "kv", cap << 20) if cap > 0 else None
 
     def model_stores(self) -> list[str]:
         """`model.discover`: the other tools' model stores to search."""

@@ -219,6 +219,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
               "Empty: the platform state dir (e.g. ~/.local/state/lampchat/prompt_history)."),
         Field("session", "max_history", int, 1000, "Most prompts kept in `history_file`; 0 "
               "keeps none.", min=0, max=1_000_000),
+        Field("session", "kv_cache_mb", int, 2048, "Disk space for saved KV states (in "
+              "`model.cache_dir`/kv): resuming a conversation then evaluates only what is new. "
+              "The least recently used go first; 0 keeps none.", min=0, max=1_000_000),
     ),
     "ui": _fields(
         Field("ui", "theme", str, "textual-dark", "Textual theme name (e.g. textual-dark, "

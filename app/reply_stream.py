@@ -93,7 +93,7 @@ class ReplyStream:
         try:
             generation = host.engine.generate(
                 conversation.chat_messages(), sampling or host.sampling(),
-                policy.local_wake_s if local_cpu else 0.0)
+                policy.local_wake_s if local_cpu else 0.0, conversation=conversation.id)
         except (ValueError, LampchatError) as exc:
             host.notify(f"cannot start a reply: {exc}", severity="error")
             return None

@@ -17,6 +17,7 @@ from app.prompt_history import open_prompt_history
 from app.tui import LampchatApp
 from app.tui_store import ChatStore
 from engine.errors import LampchatError
+from engine.worker import EngineWorker
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def build_app(args: argparse.Namespace) -> LampchatApp:
     if store.save_history is not None:
         file_lock.hold(store.save_history)  # one writer at a time across processes
         store.check_save_target()
-    app = LampchatApp(options, store)
+    app = LampchatApp(options, store, EngineWorker(kv_store=config.kv_store()))
     app.startup_warnings = list(config.warnings)
     return app
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from engine.backends.base import Backend, ProgressCallback, run_thread_exit_hooks
 from engine.controls import without_controls
 from engine.errors import LampchatError
+from engine.kv_store import KVStateStore, model_identity
 from engine.memory import trim_heap
 from engine.metrics import ReplyClock
 from engine.models import friendly_name, resolve_model
@@ -94,12 +95,15 @@ class Generation:
 
     def __init__(
         self, worker: EngineWorker, messages: Sequence[ChatMessage], sampling: SamplingParams,
-        wake_interval: float = 0.0,
+        wake_interval: float = 0.0, conversation: str | None = None,
     ) -> None:
         self._worker = worker
         self._messages = list(messages)
         self._sampling = sampling
         self._wake_interval = wake_interval
+        self._conversation = conversation
+        self.restored_tokens = 0
+        """Tokens of the prompt that a saved KV state supplied (0: none was used)."""
         self._cancel = threading.Event()
         self.text = ""
         self.metrics: ReplyMetrics | None = None
@@ -148,6 +152,12 @@ class Generation:
             backend.cancel()
         finish = None
         produced, capped = 0, False
+        store, conversation = self._worker.kv_store, self._conversation
+        identity = None
+        if store is not None and conversation and backend.info is not None:
+            identity = model_identity(backend.info.path, backend.name,
+                                      **backend.state_settings())
+            self._restore(backend, store, conversation, identity)
         try:
             pieces = backend.stream(self._messages, self._sampling, stats)
             try:
@@ -187,12 +197,46 @@ class Generation:
             self.metrics = clock.metrics(backend.info, 0, "error", True, self.error)
         finally:
             put(_DONE)  # the waiting caller always hears the end
+        if identity is not None and finish != "error":  # next on this thread, after the reply
+            self._worker._executor.submit(self._save_state, backend, store, conversation,
+                                          identity)
+
+    def _restore(self, backend: Backend, store: KVStateStore, conversation: str,
+                 identity: dict[str, object]) -> None:
+        """Load the conversation's saved state when it holds more of this prompt than the
+        cache does now (never trusted across models or settings: see `KVStateStore.load`)."""
+        try:
+            prompt = backend.prompt_tokens(self._messages)
+            if prompt is None:
+                return
+            have = _common_prefix(backend.cached_tokens(), prompt)
+            state = store.load(conversation, identity)
+            if state is None or _common_prefix(state.tokens, prompt) <= have:
+                return
+            if backend.import_state(state):
+                self.restored_tokens = _common_prefix(state.tokens, prompt)
+                log.info("restored %d tokens of %s's KV state", self.restored_tokens,
+                         conversation)
+        except Exception:  # a state is an optimisation: the reply goes on without it
+            log.exception("restoring the KV state of %s failed", conversation)
+
+    @staticmethod
+    def _save_state(backend: Backend, store: KVStateStore, conversation: str,
+                    identity: dict[str, object]) -> None:
+        try:
+            state = backend.export_state()
+            if state is not None:
+                store.save(conversation, identity, state)
+        except Exception:  # never a failure a user sees: the next resume is only slower
+            log.exception("saving the KV state of %s failed", conversation)
 
 
 class EngineWorker:
     """Owns the loaded model on one dedicated thread; switch models without restarting."""
 
-    def __init__(self) -> None:
+    def __init__(self, kv_store: KVStateStore | None = None) -> None:
+        self.kv_store = kv_store
+        """Where replies' KV states are kept per conversation (None: not kept)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lampchat-engine")
         self._lock = asyncio.Lock()
         self._running: Generation | None = None
@@ -269,6 +313,10 @@ class EngineWorker:
             new.info.name = settings.label or friendly_name(Path(path))
         return new.info  # type: ignore[return-value]
 
+    def _flush_states(self) -> None:
+        if self.kv_store is not None:
+            self.kv_store.flush()
+
     def _reload(self, spec: tuple[str, str, LoadSettings | None]) -> None:
         path, name, settings = spec
         try:
@@ -291,15 +339,17 @@ class EngineWorker:
 
     def generate(
         self, messages: Sequence[ChatMessage], sampling: SamplingParams,
-        wake_interval: float = 0.0,
+        wake_interval: float = 0.0, conversation: str | None = None,
     ) -> Generation:
         """Start a reply to `messages`; iterate the result to run it.
 
         With `wake_interval`, the event loop is woken for new pieces at most that often (the
         first piece and the end at once): for a consumer that shows text a few times a second.
+        With `conversation` (an id) and a `kv_store`, the conversation's saved KV state is
+        restored first when it holds more of the prompt than the cache, and saved after.
         """
         sampling.validate()
-        return Generation(self, messages, sampling, wake_interval)
+        return Generation(self, messages, sampling, wake_interval, conversation)
 
     def cancel(self) -> None:
         """Cancel the running generation, if any."""
@@ -307,9 +357,10 @@ class EngineWorker:
             self._running.cancel()
 
     async def close(self) -> None:
-        """Cancel, unload and stop the engine thread."""
+        """Cancel, unload and stop the engine thread (saved KV states written first)."""
         self.cancel()
         try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._flush_states)
             await self.unload()
         finally:
             with contextlib.suppress(RuntimeError):  # the executor is already shut down
@@ -317,3 +368,12 @@ class EngineWorker:
                     self._executor, run_thread_exit_hooks
                 )
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

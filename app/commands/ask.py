@@ -91,7 +91,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
         raise unresolved
     messages = conv.chat_messages()
 
-    worker = EngineWorker()
+    worker = EngineWorker(kv_store=config.kv_store())
     loop = asyncio.get_running_loop()
     interrupted: list[int] = []
     generation = None
@@ -110,7 +110,7 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
             print(f"lampchat: fell back: {worker.fallback_note}", file=sys.stderr)
         if interrupted:
             return 128 + interrupted[0]
-        generation = worker.generate(messages, sampling)
+        generation = worker.generate(messages, sampling, conversation=conv.id)
         writer.begin_reply(conv, model=info.name, backend=info.backend)
         async for piece in generation:
             if not args.json:

@@ -685,6 +685,9 @@ class ChatScreen(Screen[None]):
         async def done(yes: bool | None) -> None:
             if not yes:
                 return
+            kv_store = self.lampchat.engine.kv_store
+            if kv_store is not None:  # its saved KV state goes with it
+                kv_store.delete(conversation_id)
             if self.conversation is not None and self.conversation.id == conversation_id:
                 if self.generating:
                     self.notify("A reply is streaming; Esc stops it first.", severity="warning")

@@ -6,10 +6,11 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from engine.devices import BackendSupport, DeviceReport, Hardware, device_unavailable
 from engine.errors import LampchatError
+from engine.kv_store import KVState
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,32 @@ class Backend(ABC):
         Sets `stats.prompt_tokens` before the first piece and
         `stats.finish_reason` before returning.
         """
+
+    # -- saved KV state (engine.kv_store): backends that can, override these ---------------
+
+    kv_state_why_not: ClassVar[str] = "this backend cannot save its KV cache"
+    """Said in the log when a conversation's state cannot be kept."""
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
+        """The tokens `messages` are sent as (None: not known before streaming)."""
+        return None
+
+    def cached_tokens(self) -> Sequence[int]:
+        """The tokens the KV cache holds now."""
+        return ()
+
+    def export_state(self) -> KVState | None:
+        """The KV cache as bytes, with the tokens it holds (None: nothing, or not possible)."""
+        return None
+
+    def import_state(self, state: KVState) -> bool:
+        """Make the KV cache hold `state` (from `export_state` of the same model and
+        settings); False when it cannot."""
+        return False
+
+    def state_settings(self) -> dict[str, Any]:
+        """The settings a saved state is only valid for (beyond the model file)."""
+        return {"n_ctx": self.settings.n_ctx if self.settings else None}
 
     def cancel(self) -> None:
         """Ask the current generation to stop (thread-safe)."""

@@ -32,6 +32,7 @@ from engine.devices import (
 from engine.errors import DeviceUnavailableError, LampchatError, ModelLoadError
 from engine.formats.detect import detect_format, validate_gguf
 from engine.ggml_build import GGML_KINDS, llama_cpp_build
+from engine.kv_store import KVState
 from engine.memory import trim_heap
 from engine.textstream import StopMatcher, Utf8Assembler
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
@@ -372,6 +373,57 @@ class LlamaCppBackend(Backend):
             self._template.bos_token and prompt.startswith(self._template.bos_token)
         )
         return self._llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+    # -- saved KV state --------------------------------------------------------------------
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
+        """See `Backend.prompt_tokens`."""
+        return self.tokenize_prompt(messages) if self._llm is not None else None
+
+    def cached_tokens(self) -> Sequence[int]:
+        """See `Backend.cached_tokens`."""
+        llm = self._llm
+        return [] if llm is None else [int(t) for t in llm.input_ids[: llm.n_tokens]]
+
+    def export_state(self) -> KVState | None:
+        """llama.cpp's context state (`llama_state_get_data`: the KV cells in use, the RNG,
+        the last logits) with the tokens it holds."""
+        import llama_cpp  # llama.cpp's library: loaded with the model already
+
+        llm = self._llm
+        if llm is None or llm.n_tokens == 0:
+            return None
+        size = llama_cpp.llama_state_get_size(llm._ctx.ctx)
+        buffer = (ctypes.c_uint8 * int(size))()
+        written = int(llama_cpp.llama_state_get_data(llm._ctx.ctx, buffer, size))
+        if written <= 0 or written > size:
+            return None
+        return KVState(tuple(self.cached_tokens()), bytes(memoryview(buffer)[:written]))
+
+    def import_state(self, state: KVState) -> bool:
+        """Restore a state of this model and settings; the next reply evaluates only what
+        follows its tokens."""
+        import llama_cpp  # llama.cpp's library: loaded with the model already
+
+        llm = self._llm
+        if llm is None or not state.tokens or len(state.tokens) >= llm.n_ctx():
+            return False
+        buffer = (ctypes.c_uint8 * len(state.payload)).from_buffer_copy(state.payload)
+        if llama_cpp.llama_state_set_data(llm._ctx.ctx, buffer, len(state.payload)) != \
+                len(state.payload):
+            return False
+        llm.input_ids[: len(state.tokens)] = state.tokens
+        llm.n_tokens = len(state.tokens)
+        return True
+
+    def state_settings(self) -> dict[str, Any]:
+        """See `Backend.state_settings`: the context length and the layers on the GPU."""
+        llm = self._llm
+        kwargs = (self.settings.options.get("llama_kwargs") if self.settings else None) or {}
+        return {"n_ctx": llm.n_ctx() if llm else None,
+                "n_gpu_layers": getattr(getattr(llm, "model_params", None), "n_gpu_layers",
+                                        None),
+                "llama_kwargs": repr(sorted(kwargs.items()))}
 
     def stream(
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats

@@ -16,10 +16,13 @@ from engine.devices import BackendSupport, Hardware, dist_version
 from engine.errors import LampchatError, ModelLoadError
 from engine.formats.detect import detect_format
 from engine.formats.loader import load_model
+from engine.kv_store import KVState
 from engine.memory import trim_heap
 from engine.native import ARCHITECTURES, build_model
 from engine.native.generator import Generator
+from engine.native.kv_cache import KVCache
 from engine.native.opencl import ops_for_device
+from engine.native.ops import NumpyOps
 from engine.sampling import Sampler
 from engine.textstream import token_pieces
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
@@ -177,6 +180,56 @@ class NativeBackend(Backend):
         if self._template is None or self._tokenizer is None:
             raise LampchatError("no model is loaded")
         return encode_prompt(self._template, self._tokenizer, messages, self._bos_id)
+
+    # -- saved KV state --------------------------------------------------------------------
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
+        """See `Backend.prompt_tokens`."""
+        return self.tokenize_prompt(messages) if self._generator is not None else None
+
+    def cached_tokens(self) -> Sequence[int]:
+        """See `Backend.cached_tokens`."""
+        return list(self._generator.cache.tokens) if self._generator is not None else []
+
+    def _host_cache(self) -> KVCache | None:
+        """The KV cache when it lives in host memory (not on an OpenCL device)."""
+        generator = self._generator
+        if generator is None or type(generator.model.ops) is not NumpyOps:
+            return None
+        return generator.cache
+
+    def export_state(self) -> KVState | None:
+        """The filled part of the KV cache (keys, then values), float32."""
+        cache = self._host_cache()
+        if cache is None or not cache.tokens:
+            return None
+        n = cache.length
+        keys = np.ascontiguousarray(cache.keys[:, :, :n])
+        values = np.ascontiguousarray(cache.values[:, :, :n])
+        return KVState(tuple(cache.tokens), keys.tobytes() + values.tobytes())
+
+    def import_state(self, state: KVState) -> bool:
+        """Put a saved state's keys and values back in the cache."""
+        cache = self._host_cache()
+        n = len(state.tokens)
+        if cache is None or not 0 < n < cache.max_ctx:
+            return False
+        layers, heads, _, head_dim = cache.keys.shape
+        shape = (layers, heads, n, head_dim)
+        size = int(np.prod(shape))
+        if len(state.payload) != 2 * size * 4:
+            return False
+        data = np.frombuffer(state.payload, dtype=np.float32)
+        cache.keys[:, :, :n] = data[:size].reshape(shape)
+        cache.values[:, :, :n] = data[size:].reshape(shape)
+        cache.tokens = list(state.tokens)
+        return True
+
+    def state_settings(self) -> dict[str, Any]:
+        """See `Backend.state_settings`: the context length and the compute path."""
+        generator = self._generator
+        return {"n_ctx": generator.n_ctx if generator else None,
+                "ops": generator.model.ops.name if generator else None}
 
     def stream(
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats

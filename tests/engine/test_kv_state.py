@@ -1,0 +1,91 @@
+"""Saved KV state per conversation: a resumed conversation restores it and answers with the
+same greedy tokens as a full evaluation; a state of another model or settings, or a damaged
+file, is ignored; the store is capped and forgets deleted conversations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.kv_store import KVState, KVStateStore, model_identity
+from engine.types import ChatMessage, LoadSettings, SamplingParams
+from engine.worker import EngineWorker
+
+pytestmark = [pytest.mark.slow]
+
+GREEDY = SamplingParams(temperature=0.0, repeat_penalty=1.0, max_tokens=16)
+FIRST = [ChatMessage("user", "Tell me a long story about a lighthouse keeper and the sea, "
+                             "with storms, ships, gulls and a lamp that never goes out.")]
+
+
+async def _reply(worker: EngineWorker, messages, conversation=None):
+    generation = worker.generate(messages, GREEDY, conversation=conversation)
+    async for _piece in generation:
+        pass
+    return generation
+
+
+async def _fresh(backend: str, model: Path, store: KVStateStore | None,
+                 n_ctx: int = 1024) -> EngineWorker:
+    worker = EngineWorker(kv_store=store)
+    await worker.load(str(model), backend, LoadSettings(n_ctx=n_ctx, device="cpu"))
+    return worker
+
+
+@pytest.mark.parametrize("backend", ["llama.cpp", "native"])
+async def test_a_resumed_conversation_restores_its_state_and_answers_the_same(
+        tmp_path: Path, default_gguf: Path, backend: str) -> None:
+    store = KVStateStore(tmp_path / "kv", 512 << 20)
+    first = await _fresh(backend, default_gguf, store)
+    reply = await _reply(first, FIRST, "conv1")
+    await first.close()  # a new process later: nothing of the cache is left in memory
+    assert (tmp_path / "kv" / "conv1.kvstate").is_file()
+    follow = [*FIRST, ChatMessage("assistant", reply.text), ChatMessage("user", "And then?")]
+
+    resumed = await _fresh(backend, default_gguf, KVStateStore(tmp_path / "kv", 512 << 20))
+    restored = await _reply(resumed, follow, "conv1")
+    await resumed.close()
+    cold = await _fresh(backend, default_gguf, None)
+    reference = await _reply(cold, follow)
+    await cold.close()
+    assert restored.restored_tokens > 40  # the first prompt (and reply) came from the state
+    assert restored.text == reference.text
+    other_ctx = await _fresh(backend, default_gguf, KVStateStore(tmp_path / "kv", 512 << 20),
+                             n_ctx=512)
+    ignored = await _reply(other_ctx, follow, "conv1")  # other settings: never trusted
+    await other_ctx.close()
+    assert ignored.restored_tokens == 0 and ignored.text == reference.text
+
+
+async def test_a_damaged_state_file_is_ignored_and_the_reply_is_right(tmp_path: Path,
+                                                                      default_gguf: Path) -> None:
+    store = KVStateStore(tmp_path / "kv", 512 << 20)
+    worker = await _fresh("llama.cpp", default_gguf, store)
+    await _reply(worker, FIRST, "conv2")
+    await worker.close()
+    path = tmp_path / "kv" / "conv2.kvstate"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    again = await _fresh("llama.cpp", default_gguf, KVStateStore(tmp_path / "kv", 512 << 20))
+    reply = await _reply(again, FIRST, "conv2")
+    await again.close()
+    assert reply.restored_tokens == 0 and reply.text
+
+
+def test_the_cap_evicts_the_least_recently_used_and_delete_forgets(tmp_path: Path) -> None:
+    import os
+    import time
+
+    store = KVStateStore(tmp_path, cap_bytes=3000)
+    identity = model_identity(str(tmp_path), "native", n_ctx=8)
+    base = time.time_ns() - 100 * 10**9
+    for i, name in enumerate(("a", "b", "c")):  # each used later than the one before
+        store.save(name, identity, KVState((1, 2, 3), bytes([i]) * 1000), background=False)
+        os.utime(tmp_path / f"{name}.kvstate", ns=(base + i * 10**9,) * 2)
+    assert sorted(p.name for p in tmp_path.glob("*.kvstate")) == ["b.kvstate", "c.kvstate"]
+    fresh = KVStateStore(tmp_path, cap_bytes=3000)  # from disk, not memory
+    assert fresh.load("c", identity) == KVState((1, 2, 3), bytes([2]) * 1000)
+    assert fresh.load("c", {**identity, "n_ctx": 9}) is None
+    fresh.delete("c")
+    assert fresh.load("c", identity) is None and not (tmp_path / "c.kvstate").exists()
+    assert store._file("../escape") is None  # ids never name a path outside the store
