@@ -31,7 +31,7 @@ from app.model_stores import STORE_LABELS, STORES, discover
 from engine.chat_template import BUILTINS
 from engine.errors import LampchatError, UnknownFormatError
 from engine.formats.detect import detect_format
-from engine.models import default_model_path, friendly_name, quant_tag
+from engine.models import default_model_path, friendly_name, is_generic, quant_tag
 from engine.registry import readers
 from engine.types import LoadSettings
 from widgets.model_entry import ModelChoice, ModelEntry
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "model-catalog.json"
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 MAX_FILES_SCANNED = 50_000
 """Stop scanning a folder tree after this many files (e.g. `model.dirs = ["~"]`)."""
 MODEL_SUFFIXES = frozenset({".gguf", ".safetensors", ".onnx", ".pt", ".pth", ".ckpt", ".npz"})
@@ -319,8 +319,11 @@ def describe(path: Path, cache: MetadataCache | None = None, preferred: str = "a
     error = meta.error
     if not backends and error is None:
         error = f"no backend of this install runs {meta.architecture!r} {info.format} models"
+    name = display_name(path)
+    if is_generic(name) and meta.model_name:  # "model.gguf": its metadata names it
+        name = meta.model_name
     return ModelEntry(
-        name=display_name(path),
+        name=name,
         path=str(path),
         format=info.format,
         backends=backends,

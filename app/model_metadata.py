@@ -26,6 +26,7 @@ from engine.formats.hf_folder import (
     tokenizer_config,
 )
 from engine.formats.safetensors_io import read_header
+from engine.models import metadata_name
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class ModelMeta:
     chat_template: str | None = None
     """Where the chat template comes from: the model's own ("gguf", "tokenizer_config.json",
     "chat_template.jinja") or "built-in (NAME)" for a model that ships none."""
+    model_name: str | None = None
+    """The name its metadata gives (GGUF basename, size label, finetune), for a file whose
+    own name says nothing ("model.gguf")."""
 
 
 def read_metadata(path: Path, fmt: str) -> ModelMeta:
@@ -65,7 +69,7 @@ def read_metadata(path: Path, fmt: str) -> ModelMeta:
         log.warning("could not read the metadata of %s", path, exc_info=True)
         return ModelMeta(file_size=size, error=f"cannot read {path.name}: {exc}")
     return ModelMeta(size, meta.quantization, meta.n_params, meta.context_length, meta.error,
-                     meta.architecture, meta.chat_template)
+                     meta.architecture, meta.chat_template, meta.model_name)
 
 
 def total_size(path: Path) -> int | None:
@@ -91,7 +95,8 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
            10: "<Q", 11: "<q", 12: "<d"}
 _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
-_WANTED = ("general.architecture", "general.file_type", "general.alignment")
+_WANTED = ("general.architecture", "general.file_type", "general.alignment", "general.name",
+           "general.basename", "general.size_label", "general.finetune")
 
 
 class _Damaged(Exception):
@@ -247,6 +252,7 @@ def _parse_gguf(path: Path, data: mmap.mmap) -> ModelMeta:
         context_length=int(context) if context else None,
         architecture=family,
         chat_template="gguf" if own_template else _builtin(family, specials),
+        model_name=metadata_name(fields),
     )
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.config import field_for
 from app.model_catalog import find_entry, list_models
-from engine.models import default_model_path, friendly_name
+from engine.models import default_model_path, friendly_name, is_generic
 from engine.types import LoadSettings, SamplingParams
 from widgets.model_entry import ModelEntry
 
@@ -36,8 +36,9 @@ def resolve_name(wanted: str | None, config: Config | None,
         path = default_model_path()
         return ModelEntry(friendly_name(path), str(path), "gguf", source="bundled")
     path = Path(name).expanduser()
-    if path.exists():
-        return ModelEntry(friendly_name(path), str(path), "unknown", source="path")
+    if path.exists():  # a generic file name is left for the loaded model's metadata to name
+        label = "" if is_generic(friendly_name(path)) else friendly_name(path)
+        return ModelEntry(label, str(path), "unknown", source="path")
     return find_entry(name, list_models(config, include_remote=False, env=env))
 
 

@@ -52,10 +52,33 @@ def quant_tag(stem: str) -> str | None:
     return found.group(1).upper() if found else None
 
 
+GENERIC_STEM = re.compile(
+    r"^(model|ggml-model|gguf-model|consolidated|pytorch_model|unnamed|sha256-[0-9a-f]+)"
+    r"([-._].*)?$", re.IGNORECASE)
+"""File names that say nothing of the model in them (then its metadata names it)."""
+
+
+def is_generic(name: str) -> bool:
+    """Whether a model's file name is a generic one ("model.gguf", an Ollama blob)."""
+    return bool(GENERIC_STEM.match(name))
+
+
+def metadata_name(fields: dict[str, object]) -> str | None:
+    """A name from GGUF metadata: `general.basename` with `general.size_label` and
+    `general.finetune` ("Qwen2.5 7B Instruct"), else `general.name`."""
+    parts = [str(fields[k]).strip() for k in ("general.basename", "general.size_label",
+                                              "general.finetune") if fields.get(k)]
+    if parts and fields.get("general.basename"):
+        return " ".join(parts)
+    name = fields.get("general.name")
+    return str(name).strip() or None if name else None
+
+
 def friendly_name(path: Path) -> str:
     """The name a model is shown by: a file's name without its extension and quantization tag
     (the Quant column says that), a folder's name, `org/repo` for a Hugging Face cache
-    snapshot. ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct".)"""
+    snapshot. ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct".) A generic file
+    name (`is_generic`) is named from its metadata by the callers that read it."""
     if path.is_dir() or not path.suffix:
         if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
             return path.parent.parent.name.removeprefix("models--").replace("--", "/")

@@ -19,7 +19,7 @@ from engine.errors import LampchatError
 from engine.kv_store import KVStateStore, model_identity
 from engine.memory import trim_heap
 from engine.metrics import ReplyClock
-from engine.models import friendly_name, resolve_model
+from engine.models import friendly_name, is_generic, resolve_model
 from engine.registry import create_backend
 from engine.selection import Candidate, load_with_fallback, plan_load
 from engine.types import (
@@ -310,7 +310,8 @@ class EngineWorker:
             raise
         self.backend = new
         if new.info is not None and new.local:  # one name everywhere (a server names its own)
-            new.info.name = settings.label or friendly_name(Path(path))
+            name = friendly_name(Path(path))
+            new.info.name = settings.label or (new.info.name if is_generic(name) else name)
         return new.info  # type: ignore[return-value]
 
     def _flush_states(self) -> None:

@@ -34,6 +34,7 @@ from engine.formats.detect import detect_format, validate_gguf
 from engine.ggml_build import GGML_KINDS, llama_cpp_build
 from engine.kv_store import KVState
 from engine.memory import trim_heap
+from engine.models import metadata_name
 from engine.textstream import StopMatcher, Utf8Assembler
 from engine.types import ChatMessage, LoadSettings, ModelInfo, Piece, SamplingParams, StreamStats
 
@@ -298,7 +299,7 @@ class LlamaCppBackend(Backend):
         self._end_of_turn = frozenset(end_of_turn_ids(self._template, index.get))
         self.settings = settings
         self.info = ModelInfo(
-            name=metadata.get("general.name") or path.stem,
+            name=metadata_name(metadata) or path.stem,
             path=str(path),
             backend=self.name,
             device=self._device_label(n_gpu_layers),

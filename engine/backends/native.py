@@ -18,6 +18,7 @@ from engine.formats.detect import detect_format
 from engine.formats.loader import load_model
 from engine.kv_store import KVState
 from engine.memory import trim_heap
+from engine.models import metadata_name
 from engine.native import ARCHITECTURES, build_model
 from engine.native.generator import Generator
 from engine.native.kv_cache import KVCache
@@ -148,8 +149,7 @@ class NativeBackend(Backend):
         quant = loaded.quantization
         self.settings = settings
         self.info = ModelInfo(
-            name=str(loaded.metadata.get("general.name") or (path.name if path.is_dir()
-                                                             else path.stem)),
+            name=metadata_name(loaded.metadata) or (path.name if path.is_dir() else path.stem),
             path=str(path),
             backend=self.name,
             device=ops.device,

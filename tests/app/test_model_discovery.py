@@ -135,3 +135,18 @@ def test_a_symlink_loop_in_a_store_ends(tmp_path: Path, default_gguf: Path) -> N
     (tmp_path / ".lmstudio" / "models" / "again").symlink_to(tmp_path / ".lmstudio" / "models")
     found = discover(["lmstudio"], {}, tmp_path)
     assert [m.name for m in found] == ["pub/repo"]
+
+
+def test_a_generic_file_name_is_named_from_its_metadata(tmp_path: Path,
+                                                        default_gguf: Path) -> None:
+    """`model.gguf` says nothing: its GGUF basename, size label and finetune name it (in the
+    list, and once loaded)."""
+    folder = tmp_path / "models" / "some-download"
+    folder.mkdir(parents=True)
+    os.link(default_gguf, folder / "model.gguf")
+    config = _config(tmp_path, f'[model]\ndirs = ["{tmp_path / "models"}"]\ndiscover = []\n')
+    names = {e.name for e in list_models(config, env={})}
+    assert "smollm2 135M 8k-lc100k-mix1-ep2" in names  # the bundled file's metadata
+    result = run_lampchat("ask", "-m", str(folder / "model.gguf"), "--max-tokens", "2",
+                          "--json", "hi")
+    assert json.loads(result.stdout)["model"] == "smollm2 135M 8k-lc100k-mix1-ep2"
