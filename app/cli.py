@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: newlines and other controls (a path holding one, a template's
+    message) shown escaped, so that an error is always a single line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Returns the exit status; never shows a traceback."""
     setup_logging()
@@ -52,14 +60,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tui(args)
         return int(args.run(args))
     except LampchatError as exc:
-        print(f"lampchat: error: {exc}", file=sys.stderr)
+        print(f"lampchat: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lampchat: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lampchat models | head`: the reader has gone, quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # the last line of defence: log it, say one line
         log.exception("unexpected error")
-        print(f"lampchat: unexpected error: {exc} (details in the log file)", file=sys.stderr)
+        print(f"lampchat: unexpected error: {one_line(str(exc))} (details in the log file)",
+              file=sys.stderr)
         return 1
     finally:
         # per-thread library state (MLX streams) must go before the engine thread and the

@@ -87,7 +87,10 @@ class Field:
 
 
 def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else str(value)
+    if isinstance(value, int):  # any size: never through float
+        text = str(value)
+        return text if len(text) <= 20 else f"{text[:8]}…({len(text)} digits)"
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else str(value)
 
 
 def _check_type(field: Field, value: Any) -> Any:
@@ -102,9 +105,13 @@ def _check_type(field: Field, value: Any) -> Any:
             return int(value)
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # a 400-digit integer
+                raise ValueError(f"{_num(value)} is too large") from None
+            if not math.isfinite(number):
                 raise ValueError(f"{value} is not a finite number")
-            return float(value)
+            return number
     elif kind is str:
         if isinstance(value, str):
             return value

@@ -419,11 +419,12 @@ class MetadataCache:
         self._dirty = False
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and data.get("version") == CACHE_VERSION:
-                self._old = data.get("models") or {}
+            models = data.get("models") if isinstance(data, dict) else None
+            if isinstance(models, dict) and data.get("version") == CACHE_VERSION:
+                self._old = models  # any other shape: ignored, and rebuilt
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.info("ignoring the model metadata cache %s: %s", path, exc)
 
     def get(self, path: Path, fmt: str) -> ModelMeta:

@@ -43,7 +43,14 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `ask`; returns the exit status."""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    raw = sys.stdin.buffer.read() if args.prompt == "-" else \
+        args.prompt.encode("utf-8", "surrogateescape")
+    prompt = raw.decode("utf-8", "replace")  # bytes that are not UTF-8 become U+FFFD
+    if "\ufffd" in prompt and "\ufffd".encode() not in raw:
+        print("lampchat: warning: the prompt holds bytes that are not UTF-8; they are sent as "
+              "\ufffd", file=sys.stderr)
+    if args.system is not None:
+        args.system = args.system.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     if not prompt.strip():
         raise LampchatError("the prompt is empty")
     return asyncio.run(_ask(args, prompt))

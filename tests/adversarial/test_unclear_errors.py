@@ -1,0 +1,61 @@
+"""Inputs that gave `lampchat: unexpected error: <Python text>` or a traceback: each is one
+line that says what was wrong with which input (issue 23), in bounded time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.cli import REPO, run_lampchat
+
+
+def test_a_400_digit_number_in_the_config_warns_and_uses_the_default(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f"[generation]\ntemperature = {'9' * 400}\nmax_tokens = {'9' * 400}\n")
+    result = run_lampchat("ask", "--config", str(config), "-n", "2", "hi")
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line]
+    assert len(warnings) == 2 and all(line.startswith("lampchat: warning: ") for line in warnings)
+    assert "(400 digits) is too large" in warnings[0] and "using the default 0.7" in warnings[0]
+    assert "unexpected" not in result.stderr and len(result.stderr) < 1000
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    command = (f"{sys.executable} -m app models | head -c 4 > /dev/null; "
+               "echo ${PIPESTATUS[0]}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                               "HOME": str(tmp_path)}, timeout=120)
+    assert done.stdout.strip() in ("0", "141") and done.stderr == "", done.stderr
+
+
+def test_a_prompt_with_bytes_that_are_not_utf8_is_saved_and_answered(tmp_path: Path) -> None:
+    history = tmp_path / "chat.toml"
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "ask", "-n", "3", "--save-history", str(history),
+         b"hi \xff there"], capture_output=True, cwd=REPO, timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    assert b"not UTF-8" in result.stderr and b"Traceback" not in result.stderr
+    from app.history import load_conversation_file
+
+    assert load_conversation_file(history).messages[0].content == "hi \ufffd there"
+
+
+def test_a_path_with_a_newline_is_one_line(tmp_path: Path) -> None:
+    result = run_lampchat("ask", "-m", str(tmp_path / "a\nb.gguf"), "hi")
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "a\\nb.gguf" in result.stderr
+
+
+def test_a_metadata_cache_of_the_wrong_shape_is_rebuilt(tmp_path: Path) -> None:
+    cache = tmp_path / "cache" / "lampchat" / "model-catalog.json"
+    cache.parent.mkdir(parents=True)
+    for text in ('{"version": 4, "models": [1, 2]}', "[]", "[" * 100_000):
+        cache.write_text(text)
+        result = run_lampchat("models", "--json", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)[0]["name"] == "SmolLM2-135M-Instruct"
+        assert isinstance(json.loads(cache.read_text())["models"], dict)  # rebuilt
