@@ -22,7 +22,8 @@ import logging
 import queue
 import socket
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -108,6 +109,29 @@ class _ExtrasRejected(Exception):
     """The server answered 400 naming one of EXTRA_FIELDS."""
 
 
+MAX_LINE_BYTES = 1 << 20
+"""The longest event-stream line read (a chunk of a reply is a few hundred bytes); a server
+sending more without a newline is refused instead of filling memory."""
+
+
+def bounded_lines(chunks: Iterable[bytes], limit: int) -> Iterator[str]:
+    """The lines of a byte stream (without their line ends), each at most `limit` bytes: a
+    longer one raises BackendError as soon as it passes the limit."""
+    buffer = bytearray()
+    for chunk in chunks:
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            yield bytes(buffer[start:end]).rstrip(b"\r").decode("utf-8", errors="replace")
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > limit:
+            raise BackendError(f"the server sent a line of over {limit >> 20} MB without a "
+                               "line end; it is not an event stream")
+    if buffer:
+        yield bytes(buffer).rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 class _StreamCall:
     """One streaming POST, read on its own (daemon) thread into `events`."""
 
@@ -144,7 +168,7 @@ class _StreamCall:
                     self.events.put(("status", (response.status_code, body)))
                     return
                 self.events.put(("open", None))
-                for line in response.iter_lines():
+                for line in bounded_lines(response.iter_bytes(), MAX_LINE_BYTES):
                     if self._aborted.is_set():
                         return
                     self.events.put(("line", line))
@@ -428,6 +452,7 @@ class RemoteBackend(Backend):
         call.start()
         if self.cancelled:
             call.abort()
+        last_line: float | None = None  # from the response's start (before: httpx's timeout)
         try:
             while not reply.done:
                 try:
@@ -436,7 +461,14 @@ class RemoteBackend(Backend):
                     if self.cancelled:
                         stats.finish_reason = "cancelled"
                         return
+                    if last_line is not None and \
+                            time.monotonic() - last_line > endpoint.timeout:  # a drip
+                        raise BackendError(
+                            f"{endpoint.display} sent no whole line for {endpoint.timeout:g}s "
+                            "(it keeps the connection open without answering); raise the "
+                            "endpoint's timeout if the model is that slow") from None
                     continue
+                last_line = time.monotonic()
                 if kind == "aborted":
                     stats.finish_reason = "cancelled"
                     return
@@ -487,6 +519,8 @@ class RemoteBackend(Backend):
     @staticmethod
     def _transport_error(endpoint: Endpoint, url: str, exc: BaseException,
                          started: bool) -> LampchatError:
+        if isinstance(exc, BackendError):  # the reader's own refusal (a line too long)
+            return BackendError(f"{endpoint.display}: {exc}")
         message = describe_transport_error(endpoint, exc, url)
         if started:
             return BackendError(f"lost the connection to {endpoint.display} mid-reply "

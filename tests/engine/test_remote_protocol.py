@@ -373,3 +373,45 @@ async def test_absurd_usage_numbers_end_the_reply_instead_of_hanging_it(server):
         assert generation.metrics is not None
     finally:
         await worker.close()
+
+
+def _long_line(handler, body) -> None:
+    handler.start_sse()
+    handler.send_event(chunk(role="assistant"))
+    raw = b"data: " + b"x" * (3 << 20)  # 3 MB and no line end
+    handler.wfile.write(f"{len(raw):x}\r\n".encode() + raw + b"\r\n")
+    handler.wfile.flush()
+    handler.end_sse()
+
+
+def _drip(handler, body) -> None:
+    import time
+
+    handler.start_sse()
+    for _ in range(60):  # one byte every 0.1 s, never a whole line
+        handler.wfile.write(b"1\r\nx\r\n")
+        handler.wfile.flush()
+        time.sleep(0.1)
+    handler.end_sse()
+
+
+async def test_a_line_without_end_is_refused_not_stored(server):
+    server.scripts.append(_long_line)
+    worker = await _load(server)
+    try:
+        generation, _ = await _reply(worker)
+        assert generation.metrics.finish_reason == "error"
+        assert "a line of over 1 MB without a line end" in generation.error
+    finally:
+        await worker.close()
+
+
+async def test_a_server_that_drips_bytes_is_given_up_after_its_timeout(server):
+    server.scripts.append(_drip)
+    worker = await _load(server, timeout=1.5)
+    try:
+        generation, _ = await asyncio.wait_for(_reply(worker), timeout=20)
+        assert generation.metrics.finish_reason == "error"
+        assert "sent no whole line for 1.5s" in generation.error
+    finally:
+        await worker.close()
