@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import secrets
@@ -239,8 +240,17 @@ def parse_timestamp(value: Any) -> float | None:
             value = value.replace(tzinfo=timezone.utc)
         return value.timestamp()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        # out of range (1e300, nan, inf) would load and then fail to save: not a time
+        return number if math.isfinite(number) and 0 <= number < MAX_TIMESTAMP else None
     return None
+
+
+MAX_TIMESTAMP = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: the last moment a TOML datetime can hold."""
 
 
 def _message_from(record: Any) -> Message:

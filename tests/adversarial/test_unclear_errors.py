@@ -59,3 +59,22 @@ def test_a_metadata_cache_of_the_wrong_shape_is_rebuilt(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)[0]["name"] == "SmolLM2-135M-Instruct"
         assert isinstance(json.loads(cache.read_text())["models"], dict)  # rebuilt
+
+
+def test_out_of_range_timestamps_load_and_save(tmp_path: Path) -> None:
+    """`1e300`, `nan` and `inf` times loaded and then made the conversation unsavable."""
+    source = tmp_path / "odd.toml"
+    source.write_text(
+        'format = "lampchat-conversation"\nversion = 1\nid = "odd"\ntitle = "odd"\n'
+        'created = nan\nsystem_prompt = ""\n\n[[messages]]\nrole = "user"\ncontent = "hi"\n'
+        "timestamp = 1e300\n\n[[messages]]\nrole = \"assistant\"\ncontent = \"hello\"\n"
+        "timestamp = inf\n")
+    target = tmp_path / "saved.toml"
+    result = run_lampchat("ask", "-n", "2", "--load-history", str(source), "--save-history",
+                          str(target), "again")
+    assert result.returncode == 0, result.stderr
+    from app.history import load_conversation_file
+
+    saved = load_conversation_file(target)
+    assert [m.content for m in saved.messages][:2] == ["hi", "hello"]
+    assert all(0 <= m.timestamp < 253_402_300_800 for m in saved.messages)
