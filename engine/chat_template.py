@@ -8,7 +8,9 @@ end-of-turn tokens the template writes (`end_of_turn_tokens`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from engine.errors import ModelLoadError
 from engine.types import ChatMessage
@@ -183,16 +185,28 @@ class ChatTemplate:
     eos_token: str = ""
 
     def render(self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True) -> str:
-        """Render a conversation to the prompt text the model expects."""
+        """Render a conversation to the prompt text the model expects (within
+        `RENDER_SECONDS`, loops and products bounded: a crafted template cannot hang or
+        exhaust memory)."""
+        _DEADLINE.value = time.monotonic() + RENDER_SECONDS
         try:
-            return _compile(self.template).render(
+            text = _compile(self.template).render(
                 messages=[{"role": m.role, "content": m.content} for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
             )
         except jinja2.TemplateError as exc:
-            raise ModelLoadError(f"the model's chat template failed to render: {exc}") from exc
+            message = " ".join(str(exc).split())  # raise_exception's text on one line
+            raise ModelLoadError(f"the model's chat template failed to render: {message}") \
+                from exc
+        except (RecursionError, MemoryError, OverflowError) as exc:
+            raise ModelLoadError(f"the model's chat template failed to render "
+                                 f"({type(exc).__name__})") from exc
+        if len(text) > MAX_RENDERED:
+            raise ModelLoadError(f"the model's chat template rendered {len(text):,} characters "
+                                 "for this conversation; that is not a prompt")
+        return text
 
 
 def encode_prompt(
@@ -215,9 +229,51 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+RENDER_SECONDS = 2.0
+"""A chat template renders a conversation in milliseconds; one still running after this long
+is stopped (a loop within a loop of 100,000 each)."""
+MAX_RENDERED = 16 << 20
+"""The most characters a template may produce, or a string or list it may multiply up to."""
+MAX_LOOP = 100_000
+_DEADLINE = threading.local()
+
+
+def _bounded_range(*args: int) -> Iterator[int]:
+    """`range` for templates: at most MAX_LOOP items, and stopped at the render's deadline."""
+    items = range(*args)
+    if len(items) > MAX_LOOP:
+        raise SecurityError(f"range of {len(items):,} items in the chat template")
+    return _until_deadline(items)
+
+
+def _until_deadline(items: range) -> Iterator[int]:
+    deadline = getattr(_DEADLINE, "value", None)
+    for i, item in enumerate(items):
+        if not i & 255 and deadline is not None and time.monotonic() > deadline:
+            raise SecurityError(f"the chat template ran for over {RENDER_SECONDS:g} s")
+        yield item
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with `*` and `**` bounded (`'x' * 4000000000` asked for 4 GB)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
+                        and len(seq) * times > MAX_RENDERED:
+                    raise SecurityError("a string or list in the chat template grew too long")
+        if operator == "**" and isinstance(right, int) and right > 64:
+            raise SecurityError("a power in the chat template is too large")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env = _BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["range"] = _bounded_range
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
     try:
