@@ -149,6 +149,39 @@ def use_mmap(n_gpu_layers: int, types: set[str]) -> bool:
     return not (build is not None and "REPACK = 1" in build.system_info)
 
 
+KV_HEADROOM = 0.8
+"""A context's KV cache may take at most this share of the memory available at load."""
+
+
+def context_for(parsed: Any, asked: int) -> int:
+    """The context to give llama.cpp: `asked` (0: the model's), at most the length the model
+    was trained for (past it a model answers garbage, and `--ctx 1000000000` drove llama.cpp
+    to 20 GB); ModelLoadError when its KV cache would not fit the memory available."""
+    arch = str(parsed.fields.get("general.architecture") or "")
+    trained = parsed.fields.get(f"{arch}.context_length")
+    n_ctx = asked or (trained if isinstance(trained, int) else 4096)
+    if isinstance(trained, int) and 0 < trained < n_ctx:
+        log.info("context %d asked; the model was trained for %d: using %d", n_ctx, trained,
+                 trained)
+        n_ctx = trained
+    layers = parsed.fields.get(f"{arch}.block_count")
+    kv_heads = parsed.fields.get(f"{arch}.attention.head_count_kv",
+                                 parsed.fields.get(f"{arch}.attention.head_count"))
+    dims = (parsed.fields.get(f"{arch}.attention.key_length") or 0) + \
+        (parsed.fields.get(f"{arch}.attention.value_length") or 0)
+    if not dims and parsed.fields.get(f"{arch}.attention.head_count"):
+        embd = parsed.fields.get(f"{arch}.embedding_length") or 0
+        dims = 2 * embd // parsed.fields[f"{arch}.attention.head_count"]
+    if isinstance(layers, int) and isinstance(kv_heads, int) and dims:
+        need = n_ctx * layers * kv_heads * dims * 2  # float16 keys and values
+        free = psutil.virtual_memory().available
+        if need > KV_HEADROOM * free:
+            raise ModelLoadError(f"a context of {n_ctx:,} tokens needs about "
+                                 f"{need / 2**30:.1f} GiB for its KV cache and "
+                                 f"{free / 2**30:.1f} GiB is free: use a smaller --ctx")
+    return n_ctx
+
+
 class LlamaCppBackend(Backend):
     """Runs GGUF models with llama.cpp; one instance owns one model and one context."""
 
@@ -260,6 +293,7 @@ class LlamaCppBackend(Backend):
         types = {t.qtype.name for t in parsed.tensors if t.name != "token_embd.weight"}
         kwargs = {"use_mmap": use_mmap(n_gpu_layers, types),
                   **settings.options.get("llama_kwargs", {})}
+        n_ctx = context_for(parsed, settings.n_ctx)
         report(0.2, "loading weights")
         sink = _LogWriter()
         try:
@@ -268,7 +302,7 @@ class LlamaCppBackend(Backend):
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 llm = llama_cpp.Llama(
                     model_path=str(path),
-                    n_ctx=settings.n_ctx,
+                    n_ctx=n_ctx,
                     n_threads=threads,
                     n_threads_batch=threads,
                     n_gpu_layers=n_gpu_layers,

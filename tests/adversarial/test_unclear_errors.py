@@ -78,3 +78,24 @@ def test_out_of_range_timestamps_load_and_save(tmp_path: Path) -> None:
     saved = load_conversation_file(target)
     assert [m.content for m in saved.messages][:2] == ["hi", "hello"]
     assert all(0 <= m.timestamp < 253_402_300_800 for m in saved.messages)
+
+
+def test_an_absurd_context_is_held_to_the_models_and_to_memory(monkeypatch) -> None:
+    """`--ctx 1000000000` drove llama.cpp to 20 GB: the context is at most the model's
+    trained length, and a KV cache that would not fit in memory is refused first."""
+    import psutil
+
+    from engine.backends.llama_cpp import context_for
+    from engine.errors import ModelLoadError
+    from engine.formats.detect import validate_gguf
+    from engine.models import default_model_path
+
+    parsed = validate_gguf(default_model_path())
+    assert context_for(parsed, 1_000_000_000) == 8192  # SmolLM2's trained context
+    assert context_for(parsed, 512) == 512 and context_for(parsed, 0) == 8192
+    tight = psutil.virtual_memory()._replace(available=50 << 20)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: tight)
+    import pytest
+
+    with pytest.raises(ModelLoadError, match=r"needs about 0.2 GiB .* use a smaller --ctx"):
+        context_for(parsed, 8192)
