@@ -33,6 +33,14 @@ PYTORCH_INDEX = "pytorch_model.bin.index.json"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
 
+MAX_PICKLE = 64 << 20
+"""The largest data.pkl unpickled (a 70B model's is a few MB)."""
+MAX_DEFLATE_RATIO = 20
+"""A deflated storage may inflate at most this much (torch stores them uncompressed)."""
+MAX_DEPTH = 64
+MAX_DICTS = 1_000_000
+
+
 def is_pytorch_file(path: Path) -> bool:
     """True when the file starts like a zip or legacy torch.save checkpoint."""
     head = read_magic(path, 16)
@@ -99,14 +107,18 @@ def flatten_state_dict(obj: Any) -> dict[str, TensorRef]:
                 break
     out: dict[str, TensorRef] = {}
 
-    def walk(value: Any, prefix: str) -> None:
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack:  # each dict once: shared ones made a 1 kB pickle a 2^48-path walk
+        value, prefix, depth = stack.pop()
         if isinstance(value, TensorRef):
             out[prefix] = value
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-
-    walk(obj, "")
+        elif isinstance(value, dict) and id(value) not in seen and depth < MAX_DEPTH:
+            seen.add(id(value))
+            if len(seen) > MAX_DICTS:
+                raise ModelLoadError(f"checkpoint nests over {MAX_DICTS:,} dicts (refused)")
+            stack.extend((v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+                         for k, v in reversed(list(value.items())))
     return out
 
 
@@ -124,6 +136,10 @@ def _read_zip(path: Path) -> Any:
             order = zf.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
             if order != "little":
                 raise ModelLoadError(f"big-endian PyTorch checkpoints are not supported: {path}")
+        pkl_info = zf.getinfo(pkls[0])
+        if pkl_info.file_size > MAX_PICKLE:
+            raise ModelLoadError(f"PyTorch checkpoint's data.pkl is {pkl_info.file_size:,} bytes "
+                                 f"(a real one is a few MB at most; refused): {path}")
         try:
             pickle_bytes = zf.read(pkls[0])
         except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -156,6 +172,10 @@ def _map_zip_storage(
     if need == 0:
         return np.empty(0, dtype=dt)
     if info.compress_type != zipfile.ZIP_STORED:
+        if need > MAX_DEFLATE_RATIO * max(info.compress_size, 1):  # torch stores, never deflates
+            raise ModelLoadError(
+                f"storage {ref.key!r} would inflate {need // max(info.compress_size, 1):,}-fold "
+                f"(weights compress less than {MAX_DEFLATE_RATIO}-fold; refused): {path}")
         try:
             return np.frombuffer(zf.read(name), dtype=dt)
         except (zipfile.BadZipFile, OSError, EOFError) as exc:

@@ -10,6 +10,7 @@ references into storages; `pytorch.py` maps the storage bytes to numpy arrays.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
@@ -58,6 +59,10 @@ class StorageRef:
     data: np.ndarray | None = None
 
 
+MAX_LONG_BYTES = 64
+"""The longest binary integer a checkpoint's pickle may hold."""
+
+
 @dataclass
 class TensorRef:
     """A tensor as a view (offset, size, stride, in elements) of a storage."""
@@ -79,6 +84,10 @@ class TensorRef:
                 f"tensor reaches element {last} of storage {self.storage.key!r}, which holds "
                 f"{self.storage.numel}"
             )
+        if math.prod(self.size) > max(self.storage.numel, 1):  # stride 0 repeating elements
+            raise ModelLoadError(
+                f"tensor in storage {self.storage.key!r} has {math.prod(self.size):,} elements, "
+                f"more than the {self.storage.numel:,} its storage holds (refused)")
 
     def to_numpy(self) -> np.ndarray:
         """A numpy view of the storage (bfloat16 widened to float32)."""
@@ -229,6 +238,15 @@ class RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined,misc]
             )
 
     dispatch[pickle.BUILD[0]] = load_build
+
+    def load_long4(self) -> None:
+        """LONG4 with a bound: a weights file's integers fit in 8 bytes, not 4 MB."""
+        (n,) = struct.unpack("<i", self.read(4))
+        if not 0 <= n <= MAX_LONG_BYTES:
+            raise ModelLoadError(f"checkpoint pickle holds a {n:,}-byte integer (refused)")
+        self.append(int.from_bytes(self.read(n), "little", signed=True))
+
+    dispatch[pickle.LONG4[0]] = load_long4
 
 
 def restricted_loads(data: bytes) -> tuple[Any, dict[str, StorageRef]]:
