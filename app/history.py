@@ -453,10 +453,20 @@ def _alive(pid: int) -> bool:
 
 
 def append_text(path: Path, text: str) -> None:
-    with open(path, "a", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append `text` whole or not at all: a write that fails part-way (a full disk) is cut
+    back to where the file ended, so that it still parses and can be continued."""
+    data = text.encode("utf-8")
+    with open(path, "ab") as handle:
+        start = handle.seek(0, os.SEEK_END)
+        try:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.truncate(start)
+                os.fsync(handle.fileno())
+            raise
 
 
 @dataclass

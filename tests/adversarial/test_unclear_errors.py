@@ -99,3 +99,35 @@ def test_an_absurd_context_is_held_to_the_models_and_to_memory(monkeypatch) -> N
 
     with pytest.raises(ModelLoadError, match=r"needs about 0.2 GiB .* use a smaller --ctx"):
         context_for(parsed, 8192)
+
+
+def test_a_failed_append_leaves_the_file_whole(tmp_path: Path, monkeypatch) -> None:
+    """On a full disk a reply was half-appended and the file could not be continued."""
+    import os
+
+    from app.history import Message, append_text, load_conversation_file, new_conversation
+    from app.history_store import ConversationWriter
+
+    path = tmp_path / "chat.toml"
+    conv = new_conversation("")
+    writer = ConversationWriter()
+    writer.append(conv, Message("user", "first"))
+    writer.write_all(conv, path)
+    before = path.read_bytes()
+    real_fsync = os.fsync
+    calls = []
+
+    def full_disk(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    try:
+        append_text(path, '\n[[messages]]\nrole = "assistant"\ncontent = "a long rep')
+    except OSError:
+        pass
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == before  # cut back: it still parses and can be continued
+    assert [m.content for m in load_conversation_file(path).messages] == ["first"]
