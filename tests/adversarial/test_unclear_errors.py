@@ -97,8 +97,6 @@ def test_an_absurd_context_is_held_to_the_models_and_to_memory(monkeypatch) -> N
     assert context_for(parsed, 512) == 512 and context_for(parsed, 0) == 8192
     tight = psutil.virtual_memory()._replace(available=50 << 20)
     monkeypatch.setattr(psutil, "virtual_memory", lambda: tight)
-    import pytest
-
     with pytest.raises(ModelLoadError, match=r"needs about 0.2 GiB .* use a smaller --ctx"):
         context_for(parsed, 8192)
 
