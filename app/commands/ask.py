@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -102,17 +103,25 @@ async def _ask(args: argparse.Namespace, prompt: str) -> int:
     loop = asyncio.get_running_loop()
     interrupted: list[int] = []
     generation = None
+    loading = False
 
     def on_signal(signum: int) -> None:
         interrupted.append(signum)
         if generation is not None:
             generation.cancel()
+        elif loading:  # a load cannot be stopped part-way: the process ends now instead
+            # (the prompt is saved already; nothing else is written before the reply)
+            sys.stderr.write("\nlampchat: interrupted while loading the model\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)
 
     for signum in _SIGNALS:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         progress = None if args.json else stderr_progress("loading model")
+        loading = True
         info = await worker.load(model, backend, settings, progress)
+        loading = False
         if worker.fallback_note:
             print(f"lampchat: fell back: {worker.fallback_note}", file=sys.stderr)
         if interrupted:

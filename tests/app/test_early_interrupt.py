@@ -43,3 +43,26 @@ def test_ctrl_c_during_start_never_shows_a_traceback(delay: float,
     out, err = process.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert process.returncode in (0, 130), (process.returncode, err)
+
+
+def test_ctrl_c_while_a_server_never_answers_ends_at_once(tmp_path) -> None:
+    """A server that accepts and never answers kept `ask` alive until its timeout after
+    SIGINT: a load cannot be stopped part-way, so the process ends now."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "ask", "--backend", "remote", "--base-url",
+             f"http://127.0.0.1:{port}/v1", "hi"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        time.sleep(2.0)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _out, err = process.communicate(timeout=30)
+        assert time.monotonic() - sent < 3
+    assert process.returncode == 130 and "Traceback" not in err
+    assert "interrupted while loading the model" in err
