@@ -85,8 +85,7 @@ class ModelPickerScreen(ModalScreen[ModelChoice | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker") as box:
             box.border_title = "Models"
-            box.border_subtitle = ("type to filter · ↑↓ move · Tab backend · Enter load · "
-                                   "^R rescan · ^D download · Esc close")
+            box.border_subtitle = "Enter load · Tab backend · ^R rescan · ^D download · Esc close"
             yield ModelTable(self._entries, self._current, query=self._query)
             if self._listers:
                 yield LoadingIndicator()

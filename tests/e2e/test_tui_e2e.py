@@ -206,3 +206,48 @@ def test_load_history_continues_the_conversation_in_the_tui(
         question]
     assert "4417" in continued.messages[3].content
     assert continued.system_prompt == "You are a helpful assistant."
+
+
+def test_every_screen_opens_at_80x24_in_a_real_terminal(tmp_path: Path) -> None:
+    """At 80x24 (metrics panel on, as configured by default here): the footer keeps its F
+    keys, the chat its width, and every screen and dialog opens and closes; no traceback."""
+    terminal = TmuxTerminal(tmp_path, width=80, height=24)
+    try:
+        home = tmp_path / "home"
+        env = isolated_env(home)
+        config = write_config(home, max_tokens=40)
+        config.write_text(config.read_text().replace("show_metrics = false",
+                                                     "show_metrics = true"))
+        terminal.start(lampchat_argv(), env)
+        terminal.wait_for(re.compile(r"· llama\.cpp · "), LOAD_TIMEOUT_S, "the model to load")
+        screen = terminal.capture()
+        assert "Chatting with SmolLM2-135M-Instruct." in screen  # the welcome line
+        footer = screen.rstrip().splitlines()[-1]
+        for key in ("f1", "f2", "f3", "f4", "f5", "^n", "^b"):
+            assert key in footer, footer
+        terminal.type_text(SHORT_PROMPT)
+        terminal.send_keys("Enter")
+        terminal.wait_for(lambda s: len(assistant_replies(s)) == 1
+                          and "tok/s" in s, REPLY_TIMEOUT_S, "a reply")
+        for keys, shown, closer in (
+            (["F1"], "Lampchat help", ["Escape"]),
+            (["F2"], "Esc close", ["Escape"]),
+            (["F3"], "Settings —", ["Escape"]),
+            (["F4"], "Metrics", ["F4"]),
+            (["F5"], "Last replies", ["Escape"]),
+            (["C-b"], "Conversations", ["Escape", "C-b"]),
+            (["C-f"], "Find in this conversation", ["Escape"]),
+        ):
+            terminal.send_keys(*keys)
+            terminal.wait_for(lambda s, shown=shown: shown in s, 60, shown)
+            terminal.send_keys(*closer)
+            terminal.wait_for(lambda s, shown=shown: shown not in s, 60, f"{shown} closed")
+        for size in ((60, 20), (40, 12), (80, 24)):
+            terminal.resize(*size)
+            time.sleep(0.5)
+        terminal.send_keys("C-q")
+        status, _state = terminal.wait_exit(60)
+        everything = terminal.capture(history=True)
+        assert status == 0 and "Traceback" not in everything, everything
+    finally:
+        terminal.close()

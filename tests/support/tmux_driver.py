@@ -143,6 +143,11 @@ class TmuxTerminal:
         """Send tmux key names (Enter, Escape, F2, C-q, Up, ...)."""
         self._tmux("send-keys", "-t", self.target, *keys)
 
+    def resize(self, width: int, height: int) -> None:
+        """Resize the terminal (the program gets SIGWINCH)."""
+        self._tmux("resize-window", "-t", "main", "-x", str(width), "-y", str(height))
+        self.width, self.height = width, height
+
     def type_text(self, text: str) -> None:
         """Type `text` literally (no key-name lookup)."""
         self._tmux("send-keys", "-t", self.target, "-l", text)
