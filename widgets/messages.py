@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.events import Resize
 from textual.geometry import Region
@@ -123,18 +124,55 @@ class Fold(Widget):
 
 
 class MessageView(OneLayoutPass, Vertical):
-    """Base class of a message in the log."""
+    """Base class of a message in the log. User and assistant messages take the focus
+    (Shift+Tab from the input reaches the last one): Up/Down move between them, and `c`, `t`,
+    `e`, `d` ask the screen to copy, copy the code of, edit or delete the message."""
 
     DEFAULT_CSS = """
     MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
     MessageView > .role { color: $text-muted; text-style: bold; height: 1; }
+    MessageView:focus { background: $boost; }
     """
 
     ROLE_LABEL: ClassVar[str] = ""
 
+    BINDINGS = [
+        Binding("up", "step(-1)", "Earlier", show=False),
+        Binding("down", "step(1)", "Later", show=False),
+        Binding("c", "act('copy')", "Copy"),
+        Binding("t", "act('code')", "Copy code"),
+        Binding("e", "act('edit')", "Edit"),
+        Binding("d", "act('delete')", "Delete"),
+        Binding("escape", "act('leave')", "Back", show=False),
+    ]
+
+    class Act(Message):
+        """A key asked for `action` ("copy", "code", "edit", "delete", "leave") on `view`."""
+
+        def __init__(self, view: MessageView, action: str) -> None:
+            super().__init__()
+            self.view = view
+            self.action = action
+
     def __init__(self, data: MessageData, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.data = data
+        self.can_focus = data.role in ("user", "assistant")
+
+    def action_step(self, step: int) -> None:
+        """Focus the message `step` places away (Up/Down)."""
+        views = [v for v in self.screen.query(MessageView) if v.can_focus]
+        if self in views:
+            index = views.index(self) + step
+            if 0 <= index < len(views):
+                views[index].focus()
+                views[index].scroll_visible(animate=False)
+            elif index >= len(views):
+                self.post_message(self.Act(self, "leave"))
+
+    def action_act(self, action: str) -> None:
+        """Ask the screen to do `action` with this message."""
+        self.post_message(self.Act(self, action))
 
     @property
     def text(self) -> str:

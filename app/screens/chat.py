@@ -708,5 +708,76 @@ class ChatScreen(Screen[None]):
         question = f"Delete the conversation {title or '(untitled)'!r}? This cannot be undone."
         self.app.push_screen(ConfirmScreen(question, "Delete", "Keep", safe_default=True), done)
 
+    # ------------------------------------------------------- any message (focus ring)
+
+    async def on_message_view_act(self, event: MessageView.Act) -> None:
+        """c / t / e / d on a focused message: copy it, copy its code, edit and resend from
+        it (the earlier branch is kept as its own conversation), delete it; Esc: back."""
+        event.stop()
+        view, action = event.view, event.action
+        if action == "leave":
+            self.prompt.focus()
+            return
+        if action == "copy":
+            self.app.copy_to_clipboard(view.data.content)
+            self.notify("Message copied.", timeout=2)
+            return
+        if action == "code":
+            blocks = code_blocks(view.data.content)
+            if not blocks:
+                self.notify("This message has no code block.", severity="warning")
+                return
+            self.app.copy_to_clipboard("\n\n".join(blocks))
+            self.notify(f"{len(blocks)} code block(s) copied.", timeout=2)
+            return
+        if self.generating or self.conversation is None:
+            self.notify("A reply is streaming; Esc stops it first.", severity="warning")
+            return
+        index = self._conversation_index(view)
+        if index is None:
+            return
+        messages = list(self.conversation.messages)
+        if action == "edit":
+            if messages[index].role != "user":
+                self.notify("Only your own messages can be edited; Ctrl+R regenerates a reply.",
+                            severity="warning")
+                return
+            if index < len(messages) - 1:  # the conversation as it was stays in the list
+                self._keep_branch(messages)
+            self._store_truncate(index)
+            await self.show_conversation(self.conversation)
+            self.prompt.load_text(messages[index].content)
+            self.prompt.focus()
+            self.notify("Edit the message and press Enter to send it again.", timeout=4)
+        elif action == "delete":
+            self._store_truncate(index)
+            for message in messages[index + 1 :]:
+                self._store_append(message)
+            await self.show_conversation(self.conversation)
+            self.prompt.focus()
+
+    def _conversation_index(self, view: MessageView) -> int | None:
+        """The conversation's index of the message `view` shows."""
+        count = 0
+        for data in self.chat_log.messages:
+            if data is view.data:
+                return count if count < len(self.conversation.messages) else None
+            if data.role != "system":
+                count += 1
+        return None
+
+    def _keep_branch(self, messages: list[Message]) -> None:
+        """Save the conversation as it is now as a conversation of its own."""
+        try:
+            store = self.lampchat.store
+            copy = store.new(self.conversation.system_prompt if self.conversation else "")
+            for message in messages:
+                store.append(copy, message)
+            title = (self.conversation.title or self.conversation.auto_title()) if \
+                self.conversation else "conversation"
+            store.rename(copy, f"{title} (before an edit)")
+        except LampchatError as exc:
+            self.notify(f"could not keep the earlier branch: {exc}", severity="error")
+
     def on_chat_log_earlier_loaded(self, event: ChatLog.EarlierLoaded) -> None:
         event.stop()

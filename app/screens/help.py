@@ -17,8 +17,20 @@ INPUT_KEYS: list[tuple[str, str]] = [
     ("Enter", "send the message"),
     ("Ctrl+J / Shift+Enter", "new line in the message"),
     ("Up / Down", "earlier prompts (on the first / last line of the input)"),
-    ("Esc", "stop the reply (the partial text is kept, marked stopped)"),
+    ("Esc", "stop the reply (the partial text is kept, marked stopped); with no reply, "
+            "clear the input (Ctrl+Z brings it back)"),
+    ("Enter while a reply streams", "queue the message: it is sent when the reply ends"),
+    ("Shift+Tab", "to the messages: the last one takes the focus"),
     ("Ctrl+P", "command palette: every action and every model"),
+]
+
+MESSAGE_KEYS: list[tuple[str, str]] = [
+    ("Up / Down", "the message before / after"),
+    ("c / t", "copy the message / its code blocks"),
+    ("e", "edit one of your messages and send it again (the conversation as it was is kept "
+          "in the list)"),
+    ("d", "delete the message"),
+    ("Esc", "back to the input"),
 ]
 
 
@@ -88,7 +100,8 @@ class HelpScreen(ModalScreen[None]):
     def sections(self) -> list[tuple[str, list[tuple[str, str]]]]:
         """(title, rows) of the help text."""
         out = [("Keys", binding_rows(self.bindings_list)),
-               ("In the message input", list(INPUT_KEYS))]
+               ("In the message input", list(INPUT_KEYS)),
+               ("On a message (Shift+Tab from the input)", list(MESSAGE_KEYS))]
         if self.slash_help:
             out.append(("Slash commands (type them in the input)", list(self.slash_help)))
         return out

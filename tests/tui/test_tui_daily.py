@@ -236,9 +236,9 @@ async def test_regenerating_with_a_fixed_seed_moves_to_the_next_seed(monkeypatch
     seeds: list[int | None] = []
     original = app.engine.generate
 
-    def recording(messages, sampling, *args):
+    def recording(messages, sampling, *args, **kwargs):
         seeds.append(sampling.seed)
-        return original(messages, sampling, *args)
+        return original(messages, sampling, *args, **kwargs)
 
     monkeypatch.setattr(app.engine, "generate", recording)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -317,3 +317,44 @@ async def test_ctrl_f_in_the_list_finds_conversations_by_their_text(monkeypatch,
         await wait_for(pilot, lambda: not isinstance(app.screen, TextPromptScreen))
         await pilot.pause(0.2)
         assert len(sidebar.summaries) == 4
+
+
+async def test_any_message_can_be_copied_edited_or_deleted(monkeypatch, tmp_path: Path) -> None:
+    """Only the last reply could be copied or edited: Shift+Tab from the input reaches the
+    messages; Up/Down move; c copies, e edits and resends from there (the earlier branch is
+    kept as a conversation of its own), d deletes."""
+    from widgets.messages import MessageView
+
+    store = ChatStore(HistoryStore(tmp_path / "history"))
+    app = make_app(monkeypatch, store)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        for text in ("first question", "second question"):
+            await say(pilot, text)
+        chat.prompt.focus()
+        await pilot.press("shift+tab")
+        await pilot.pause(0.1)
+        assert isinstance(app.focused, MessageView) and app.focused.data.role == "assistant"
+        await pilot.press("up", "up", "up")  # to the first question
+        await pilot.pause(0.1)
+        assert app.focused.data.content == "first question"
+        await pilot.press("c")
+        assert app.clipboard == "first question"
+        await pilot.press("e")
+        await pilot.pause(0.3)
+        assert chat.conversation.messages == [] and chat.prompt.text == "first question"
+        assert app.focused is chat.prompt
+        titles = [c.title for c in store.list()]
+        assert any(t.endswith("(before an edit)") for t in titles)  # the old branch is kept
+        chat.prompt.load_text("a better question")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: chat.generation is None
+                       and len(chat.conversation.messages) == 2)
+        await pilot.press("shift+tab", "up")  # the question
+        await pilot.pause(0.1)
+        await pilot.press("d")
+        await pilot.pause(0.3)
+        assert [m.role for m in chat.conversation.messages] == ["assistant"]
+        reloaded = store.history.load(chat.conversation.path)
+        assert [m.role for m in reloaded.messages] == ["assistant"]

@@ -191,8 +191,8 @@ async def test_replies_from_a_local_cpu_model_are_paced_and_others_are_not(
     wakes: list[float] = []
     original_generate = EngineWorker.generate
 
-    def generate(self: EngineWorker, *args: Any) -> Any:
-        generation = original_generate(self, *args)
+    def generate(self: EngineWorker, *args: Any, **kwargs: Any) -> Any:
+        generation = original_generate(self, *args, **kwargs)
         wakes.append(generation._wake_interval)
         return generation
 
