@@ -23,6 +23,30 @@ def bundled_tokenizer() -> dict[str, object]:
     return {key: reader.fields[key].contents() for key in keys}
 
 
+def renamed_vocabulary(tok: dict[str, object], renames: dict[int, str] | None
+                       ) -> tuple[list[str], list[int]]:
+    """The bundled tokens and token types, with `renames` (id -> text) made control tokens."""
+    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
+    types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
+    for i, text in (renames or {}).items():
+        tokens[i] = text
+        types[i] = int(gguf.TokenType.CONTROL)
+    return tokens, types
+
+
+def add_tokenizer(writer: gguf.GGUFWriter, tok: dict[str, object], tokens: list[str],
+                  types: list[int]) -> None:
+    """The bundled model's GPT-2 tokenizer fields, with `tokens` and `types`."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
+    writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
+    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
+    writer.add_add_bos_token(False)
+
+
 def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
                      template: str | None = None, zero_logits: bool = False,
                      seed: int = 0, arch: str = "llama", layers: int = 1,
@@ -43,11 +67,7 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
     `longrope`: Phi-3's LongRoPE (context 2048, pretrained 512), as its converter
     writes it."""
     tok = bundled_tokenizer()
-    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
-    types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
-    for i, text in (renames or {}).items():
-        tokens[i] = text
-        types[i] = int(gguf.TokenType.CONTROL)
+    tokens, types = renamed_vocabulary(tok, renames)
     vocab, d, heads, kv, ff = len(tokens), 64, 4, 2, 128
     hd = head_dim or d // heads
     writer = gguf.GGUFWriter(path, arch)
@@ -66,14 +86,7 @@ def write_llama_gguf(path: Path, *, renames: dict[int, str] | None = None,
         writer.add_key_length(hd)
         writer.add_value_length(hd)
     writer.add_vocab_size(vocab)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
-    writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
-    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
-    writer.add_add_bos_token(False)
+    add_tokenizer(writer, tok, tokens, types)
     if template is not None:
         writer.add_chat_template(template)
     rng = np.random.default_rng(seed)
@@ -180,11 +193,7 @@ def write_gemma_gguf(path: Path, *, arch: str, layers: int, sliding_window: int 
     no q/k permutation, soft-capping (Gemma 2) or q/k norms and a sliding-layer rope base
     (Gemma 3), tied embeddings. `renames`: token id -> new text (made a control token)."""
     tok = bundled_tokenizer()
-    tokens = list(tok["tokenizer.ggml.tokens"])  # type: ignore[call-overload]
-    types = list(tok["tokenizer.ggml.token_type"])  # type: ignore[call-overload]
-    for i, text in (renames or {}).items():
-        tokens[i] = text
-        types[i] = int(gguf.TokenType.CONTROL)
+    tokens, types = renamed_vocabulary(tok, renames)
     vocab, d, heads, kv, hd, ff = len(tokens), 64, 4, 2, 32, 128
     writer = gguf.GGUFWriter(path, arch)
     writer.add_context_length(256)
@@ -203,14 +212,7 @@ def write_gemma_gguf(path: Path, *, arch: str, layers: int, sliding_window: int 
     else:
         writer.add_rope_freq_base(1_000_000.0)
     writer.add_vocab_size(vocab)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(str(tok["tokenizer.ggml.pre"]))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(list(tok["tokenizer.ggml.merges"]))  # type: ignore[call-overload]
-    writer.add_bos_token_id(int(tok["tokenizer.ggml.bos_token_id"]))  # type: ignore[call-overload]
-    writer.add_eos_token_id(int(tok["tokenizer.ggml.eos_token_id"]))  # type: ignore[call-overload]
-    writer.add_add_bos_token(False)
+    add_tokenizer(writer, tok, tokens, types)
     rng = np.random.default_rng(seed)
 
     def rand(*shape: int, scale: float = 0.05) -> np.ndarray:
