@@ -4,6 +4,7 @@ line that says what was wrong with which input (issue 23), in bounded time."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ def test_a_400_digit_number_in_the_config_warns_and_uses_the_default(tmp_path: P
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
-    command = (f"{sys.executable} -m app models | head -c 4 > /dev/null; "
+    command = (f"{shlex.quote(sys.executable)} -m app models | head -c 4 > /dev/null; "
                "echo ${PIPESTATUS[0]}")
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
