@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.cli import run_lampchat
 from tests.support.family_models import FAMILIES, file_name
+from tests.support.tiny_gguf import write_gemma_gguf
 
 pytestmark = [pytest.mark.slow]
 
@@ -29,4 +30,28 @@ def test_native_greedy_reply_equals_llama_cpp(tmp_path: Path, family: str) -> No
     assert native["chat_template"] == reference["chat_template"]
     assert native["prompt_tokens"] == reference["prompt_tokens"]
     assert native["completion_tokens"] == reference["completion_tokens"] == 32
+    assert native["text"] == reference["text"]
+
+
+FOLDER_FAMILIES = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3", "gpt2")
+"""The families whose HF folders mlx-lm runs (a folder converted from the family's GGUF)."""
+
+
+@pytest.mark.parametrize("family", FOLDER_FAMILIES)
+def test_native_greedy_reply_equals_mlx_on_the_hf_folder(tmp_path: Path, family: str) -> None:
+    """The same model as an HF folder (`lampchat convert`): `ask --backend native` answers as
+    mlx-lm does, greedily. Gemma 2's window is longer than the reply here: mlx-lm's gemma2
+    runs full attention."""
+    pytest.importorskip("mlx_lm")
+    if family == "gemma2":  # a window longer than prompt and reply (see above)
+        gguf = write_gemma_gguf(tmp_path / "gemma2.gguf", arch="gemma2", layers=2,
+                                sliding_window=64)
+    else:
+        gguf = FAMILIES[family](tmp_path / file_name(family))
+    folder = tmp_path / "hf"
+    converted = run_lampchat("convert", str(gguf), "-o", str(folder))
+    assert converted.returncode == 0, converted.stderr
+    native, reference = _ask(folder, "native"), _ask(folder, "mlx")
+    assert reference["backend"] == "mlx"
+    assert native["prompt_tokens"] == reference["prompt_tokens"]
     assert native["text"] == reference["text"]
