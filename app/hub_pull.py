@@ -93,12 +93,7 @@ def plan_pull(spec: str, api: Any = None) -> PullPlan:
         raise PullError(f"{spec!r} is not a hub model: give org/repo, org/repo:QUANT or "
                         "org/repo/FILE.gguf")
     repo_id, quant, file = found["repo"], found["quant"], found["file"]
-    api = api or hub_api()
-    info = _model_info(api, repo_id)
-    siblings = {s.rfilename: RepoFile(s.rfilename, int(s.size or 0),
-                                      getattr(s.lfs, "sha256", None) if s.lfs else None)
-                for s in info.siblings or ()}
-    revision = str(info.sha or "main")
+    revision, siblings = _listing(api or hub_api(), repo_id)
     ggufs = _gguf_models(siblings)
     if file:
         parts = ggufs.get(file) or ([siblings[file]] if file in siblings else None)
@@ -133,13 +128,8 @@ def pull_options(spec: str, api: Any = None,
     """What can be pulled from the repo `spec` names: (spec to pull, "Q4_K_M · 4.4 GB") for
     each GGUF model by size, " · downloaded" when the cache has it, or the safetensors
     folder (the download dialog's list)."""
-    found = SPEC.match(spec.strip())
-    if found is None:
-        raise PullError(f"{spec!r} is not a hub model: give org/repo")
-    repo = found["repo"]
-    info = _model_info(api or hub_api(), repo)
-    files = {s.rfilename: RepoFile(s.rfilename, int(s.size or 0), None)
-             for s in info.siblings or ()}
+    repo = _repo_of(spec)
+    _revision, files = _listing(api or hub_api(), repo)
     ggufs = _gguf_models(files)
     options = []
     for name, parts in sorted(ggufs.items(), key=lambda kv: sum(p.size for p in kv[1])):
@@ -169,13 +159,26 @@ def _cached(repo: str, name: str, cache_dir: Path | None) -> bool:
 
 def repo_choices(spec: str, api: Any = None) -> str:
     """The GGUF models of the repo `spec` names, by quantization and size (`pull --list`)."""
+    repo = _repo_of(spec)
+    _revision, files = _listing(api or hub_api(), repo)
+    return choices(_gguf_models(files)) or f"{repo} has no GGUF files"
+
+
+def _repo_of(spec: str) -> str:
+    """The `org/repo` a spec names (its quant or file part ignored)."""
     found = SPEC.match(spec.strip())
     if found is None:
         raise PullError(f"{spec!r} is not a hub model: give org/repo")
-    info = _model_info(api or hub_api(), found["repo"])
-    files = {s.rfilename: RepoFile(s.rfilename, int(s.size or 0), None)
+    return found["repo"]
+
+
+def _listing(api: Any, repo_id: str) -> tuple[str, dict[str, RepoFile]]:
+    """The repo's commit and its files (size, LFS sha256), as the hub lists them."""
+    info = _model_info(api, repo_id)
+    files = {s.rfilename: RepoFile(s.rfilename, int(s.size or 0),
+                                   getattr(s.lfs, "sha256", None) if s.lfs else None)
              for s in info.siblings or ()}
-    return choices(_gguf_models(files)) or f"{found['repo']} has no GGUF files"
+    return str(info.sha or "main"), files
 
 
 def choices(ggufs: dict[str, list[RepoFile]]) -> str:
