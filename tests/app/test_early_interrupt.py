@@ -1,9 +1,11 @@
 """Ctrl+C at any moment of `lampchat`'s start (while Python imports it, while the model loads)
 ends it without a Python traceback.
 
-Only the interpreter's own start-up, before any Lampchat code runs (site-packages' .pth
-hooks; about 60 ms here), cannot be guarded: the delays count from the end of it, measured
-on the same interpreter first."""
+Only the interpreter's own start-up, before Python installs its SIGINT handler, cannot be
+guarded: a signal then ends the process by the default disposition (killed by SIGINT, which
+a shell reports as 130), silently. The delays count from the end of a bare interpreter's
+run, measured first; on a busy machine the start can still take longer, so that outcome is
+accepted too, provided nothing was printed."""
 
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def test_ctrl_c_during_start_never_shows_a_traceback(delay: float,
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert process.returncode in (0, 130), (process.returncode, err)
+    assert process.returncode in (0, 130, -signal.SIGINT), (process.returncode, err)
+    if process.returncode == -signal.SIGINT:  # killed before Python's handler: in silence
+        assert err == "" and out == "", (out, err)
 
 
 def test_ctrl_c_while_a_server_never_answers_ends_at_once(tmp_path) -> None:
