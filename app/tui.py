@@ -43,6 +43,7 @@ from engine.models import default_model_path
 from engine.registry import detect, is_local
 from engine.types import LoadSettings, ModelInfo, ReplyMetrics, SamplingParams
 from engine.worker import EngineWorker
+from widgets.key_hold import KeyHoldApp
 from widgets.metrics_panel import SessionMetrics, format_mb
 from widgets.model_entry import ModelEntry
 
@@ -92,7 +93,7 @@ class ModelCommands(Provider):
                                help=f"{spec.model} ({spec.backend})")
 
 
-class LampchatApp(App[int]):
+class LampchatApp(KeyHoldApp, App[int]):
     """The full-screen chat app."""
 
     TITLE = "Lampchat"

@@ -9,11 +9,13 @@ from textual.message import Message
 from textual.strip import Strip
 from textual.widgets import TextArea
 
+from widgets.in_order_keys import InOrderKeys
+
 NEWLINE_KEYS = frozenset({"ctrl+j", "shift+enter", "alt+enter"})
 """Keys that insert a newline (terminals report Shift+Enter only with the kitty protocol)."""
 
 
-class PromptInput(TextArea):
+class PromptInput(InOrderKeys, TextArea):
     """A TextArea where Enter submits and Up/Down walk through earlier prompts.
 
     Up recalls an older prompt when the cursor is on the first line; Down goes back towards

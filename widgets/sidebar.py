@@ -10,6 +10,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Label, ListItem, ListView, Static
 
+from widgets.key_hold import KeyHoldApp
+
 
 @dataclass(frozen=True)
 class ConversationSummary:
@@ -108,8 +110,15 @@ class ConversationSidebar(Vertical):
 
     def action_rename(self) -> None:
         if (summary := self._selected()) is not None:
+            self._hold_keys()
             self.post_message(self.Rename(summary.id))
 
     def action_delete(self) -> None:
         if (summary := self._selected()) is not None:
+            self._hold_keys()
             self.post_message(self.Delete(summary.id))
+
+    def _hold_keys(self) -> None:
+        """Keys typed next are for the dialog the message opens, not for this list."""
+        if isinstance(self.app, KeyHoldApp):
+            self.app.hold_keys()

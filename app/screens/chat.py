@@ -24,6 +24,7 @@ from app.tui_store import metrics_from_dict
 from engine.errors import LampchatError
 from engine.types import SamplingParams
 from engine.worker import Generation
+from widgets.in_order_keys import LineInput
 from widgets.messages import AssistantMessage, ChatLog, MessageData, MessageView, code_blocks
 from widgets.metrics_panel import MetricsPanel
 from widgets.prompt_input import PromptInput
@@ -123,7 +124,7 @@ class ChatScreen(Screen[None]):
                     yield Static("", id="queued", markup=False)
                 yield Static("", id="welcome", markup=False)
                 yield ChatLog(window=app.options.log_window, id="log")
-                yield Input(placeholder="Find in this conversation (Enter/↑ older match · ↓ "
+                yield LineInput(placeholder="Find in this conversation (Enter/↑ older match · ↓ "
                             "newer · Esc closes)", id="find", compact=True)
                 yield PromptInput(
                     history=app.prompt_history_items(),

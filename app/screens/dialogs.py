@@ -8,6 +8,8 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
+from widgets.in_order_keys import LineInput
+
 
 class ConfirmScreen(ModalScreen[bool]):
     """Ask a yes/no question; dismisses with True for yes."""
@@ -70,7 +72,7 @@ class TextPromptScreen(ModalScreen[str | None]):
                 yield TextArea(self.value, id="value", soft_wrap=True, tab_behavior="focus")
                 yield Label(f"Ctrl+S {self.action} · Esc cancels", classes="dialog-hint")
             else:
-                yield Input(self.value, id="value")
+                yield LineInput(self.value, id="value")
                 yield Label(f"Enter {self.action} · Esc cancels", classes="dialog-hint")
             yield Label("", id="dialog-error", classes="dialog-hint", markup=False)
 

@@ -19,6 +19,7 @@ from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.errors import LampchatError
+from widgets.in_order_keys import LineInput
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class DownloadScreen(ModalScreen[str | None]):
         with Vertical(id="download") as box:
             box.border_title = "Download from the Hugging Face hub"
             box.border_subtitle = "Enter lists / downloads · ↑↓ choose · Esc cancels"
-            yield Input(placeholder="org/repo, e.g. bartowski/SmolLM2-135M-Instruct-GGUF",
+            yield LineInput(placeholder="org/repo, e.g. bartowski/SmolLM2-135M-Instruct-GGUF",
                         id="download-repo", compact=True)
             yield OptionList(id="download-options")
             yield Static("Type a repo and press Enter to see its files.", id="download-status")

@@ -264,6 +264,48 @@ async def test_new_chat_and_sidebar_switch_rename_delete(config_file: Path,
         assert not sidebar.display and app.focused is chat.prompt
 
 
+def burst(app: LampchatApp, *keys: str) -> None:
+    """Queue `keys` all at once, as a terminal delivers a fast burst (tmux send-keys, typing
+    ahead), before any of them is handled; Pilot's press waits for each key instead."""
+    from textual import events
+
+    named = {"enter": "\r", "space": " "}
+    for key in keys:
+        character = named.get(key, key if len(key) == 1 else None)
+        app.post_message(events.Key(key, character))
+
+
+async def test_keys_typed_ahead_of_a_dialog_go_to_it_in_order(config_file: Path) -> None:
+    """Bug 6: "r", Ctrl+U, a name and Enter typed quickly renamed nothing: the keys after "r"
+    went to the list beneath the dialog, and Ctrl+U (a binding, run late) cleared the typed
+    name. Then "d" and "y" typed at once deletes."""
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        await send(pilot, "about tea")
+        await pilot.press("ctrl+b")
+        sidebar = chat.query_one(ConversationSidebar)
+        await wait_for(pilot, lambda: len(sidebar.list_view.children) == 1)
+        conversation = chat.conversation
+        burst(app, "r", "ctrl+u", *"Tea notes", "enter")
+        await wait_for(pilot, lambda: [s.title for s in sidebar.summaries] == ["Tea notes"])
+        assert load_conversation_file(conversation.path).title == "Tea notes"
+        assert app.focused is sidebar.list_view
+        burst(app, "d", "y")
+        await wait_for(pilot, lambda: not conversation.path.exists())
+        assert "Tea notes" not in [s.title for s in sidebar.summaries]
+
+
+async def test_editing_keys_in_the_prompt_keep_their_place_among_typed_text(
+        config_file: Path) -> None:
+    app = make_app(config_file)
+    async with app.run_test(size=SIZE) as pilot:
+        chat = await started(pilot)
+        chat.prompt.focus()
+        burst(app, *"old words", "ctrl+u", *"new", "left", "left", "left", *"my ")
+        await wait_for(pilot, lambda: chat.prompt.text == "my new")
+
+
 async def test_backend_failing_mid_stream_notifies_and_app_stays_usable(
         config_file: Path) -> None:
     app = make_app(config_file, "scripted://flaky?rate=0&fail_after=10")
