@@ -49,7 +49,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -92,10 +92,29 @@ class Message:
     backend: str | None = None
     metrics: dict[str, Any] | None = None
     interrupted: bool = False
+    alternatives: list[Message] = field(default_factory=list)
+    """The reply's other versions (Ctrl+R keeps the earlier ones), oldest first, without it."""
+    choice: int = 0
+    """This version's place among all of them: `versions()` puts it at this index."""
 
     def chat_message(self) -> ChatMessage:
         """What a backend sees."""
         return ChatMessage(self.role, self.content)  # type: ignore[arg-type]
+
+    def versions(self) -> list[Message]:
+        """Every version of this reply, oldest first, this one (without alternatives)
+        included."""
+        this = replace(self, alternatives=[], choice=0)
+        choice = min(max(self.choice, 0), len(self.alternatives))
+        return [*self.alternatives[:choice], this, *self.alternatives[choice:]]
+
+    def choose(self, index: int) -> None:
+        """Make version `index` (of `versions()`) the one shown and continued from."""
+        versions = self.versions()
+        chosen = versions.pop(index)
+        for name in ("content", "timestamp", "model", "backend", "metrics", "interrupted"):
+            setattr(self, name, getattr(chosen, name))
+        self.alternatives, self.choice = versions, index
 
 
 @dataclass
@@ -196,6 +215,22 @@ def _header_text(conv: Conversation) -> str:
 
 
 def message_text(message: Message) -> str:
+    """`message` as one `[[messages]]` table, as appended to the file."""
+    table = _message_table(message)
+    if message.alternatives:
+        table["choice"] = min(max(message.choice, 0), len(message.alternatives))
+        versions = tomlkit.aot()
+        for other in message.alternatives:
+            versions.append(_message_table(other))
+        table["alternatives"] = versions
+    aot = tomlkit.aot()
+    aot.append(table)
+    doc = tomlkit.document()
+    doc["messages"] = aot
+    return "\n" + tomlkit.dumps(doc)
+
+
+def _message_table(message: Message) -> Any:
     table = tomlkit.table()
     table["role"] = message.role
     table["content"] = _text_item(message.content)
@@ -216,11 +251,7 @@ def message_text(message: Message) -> str:
             if isinstance(value, (bool, int, float, str)):
                 metrics[key] = value
         table["metrics"] = metrics
-    aot = tomlkit.aot()
-    aot.append(table)
-    doc = tomlkit.document()
-    doc["messages"] = aot
-    return "\n" + tomlkit.dumps(doc)
+    return table
 
 
 def conversation_text(conv: Conversation) -> str:
@@ -253,8 +284,9 @@ MAX_TIMESTAMP = 253_402_300_799.0
 """9999-12-31T23:59:59Z: the last moment a TOML datetime can hold."""
 
 
-def _message_from(record: Any) -> Message:
-    """A Message from a parsed `[[messages]]` table; ValueError saying what is wrong."""
+def _message_from(record: Any, nested: bool = False) -> Message:
+    """A Message from a parsed `[[messages]]` table; ValueError saying what is wrong.
+    (`nested`: an alternative version, whose own alternatives are not read.)"""
     if not isinstance(record, dict):
         raise ValueError("not a table")
     role, content = record.get("role"), record.get("content")
@@ -264,7 +296,7 @@ def _message_from(record: Any) -> Message:
         raise ValueError("content is missing or not a string")
     metrics = record.get("metrics")
     model, backend = record.get("model"), record.get("backend")
-    return Message(
+    message = Message(
         role=role,
         content=content,
         timestamp=parse_timestamp(record.get("timestamp")) or 0.0,
@@ -273,6 +305,19 @@ def _message_from(record: Any) -> Message:
         metrics=dict(metrics) if isinstance(metrics, dict) else None,
         interrupted=record.get("interrupted") is True,
     )
+    versions = record.get("alternatives")
+    if not nested and role == "assistant" and isinstance(versions, list):
+        for n, other in enumerate(versions, 1):
+            try:
+                message.alternatives.append(_message_from(other, nested=True))
+            except ValueError as exc:  # the reply itself is fine: only that version is lost
+                log.warning("ignoring alternative %d of a reply: %s", n, exc)
+        choice = record.get("choice")
+        if isinstance(choice, int) and not isinstance(choice, bool):
+            message.choice = min(max(choice, 0), len(message.alternatives))
+        else:
+            message.choice = len(message.alternatives)
+    return message
 
 
 def _apply_header(conv: Conversation, data: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -99,10 +100,14 @@ class ConversationWriter:
     # the in-flight reply
 
     def begin_reply(self, conv: Conversation, *, model: str | None = None,
-                    backend: str | None = None) -> Message:
-        """Start an assistant reply; its partial text is saved by `update_partial`."""
+                    backend: str | None = None,
+                    alternatives: Sequence[Message] = ()) -> Message:
+        """Start an assistant reply; its partial text is saved by `update_partial`.
+        `alternatives`: the earlier versions of a regenerated reply, kept with it (in its
+        checkpoint too, so that a crash while it streams loses none of them)."""
         with self._lock:
-            message = Message("assistant", "", model=model, backend=backend, interrupted=True)
+            message = Message("assistant", "", model=model, backend=backend, interrupted=True,
+                              alternatives=list(alternatives), choice=len(alternatives))
             self._pending[id(conv)] = (conv, PendingReply(message))
             return message
 

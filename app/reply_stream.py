@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from textual.screen import Screen
@@ -84,10 +84,11 @@ class ReplyStream:
     async def start(cls, host: ChatHost, screen: Screen[None], conversation: Conversation,
                     log_view: ChatLog, panel: MetricsPanel,
                     policy: StreamPolicy = POLICY,
-                    sampling: SamplingParams | None = None) -> ReplyStream | None:
+                    sampling: SamplingParams | None = None,
+                    alternatives: Sequence[Message] = ()) -> ReplyStream | None:
         """Ask the engine for a reply to `conversation` (with `sampling`, else the host's)
         and add its (empty) message to `log_view`; None, with a toast saying why, when it
-        cannot start."""
+        cannot start. `alternatives`: the earlier versions of the reply it replaces."""
         info = host.engine.info
         local_cpu = info is not None and is_local(info.backend) and info.device == "cpu"
         try:
@@ -98,12 +99,14 @@ class ReplyStream:
             host.notify(f"cannot start a reply: {exc}", severity="error")
             return None
         log_view.anchor()  # a new reply is followed again, even after scrolling up
-        view = await log_view.add(MessageData("assistant", ""))
+        total = len(alternatives) + 1
+        view = await log_view.add(MessageData("assistant", "",
+                                              versions=(total, total) if total > 1 else None))
         assert isinstance(view, AssistantMessage)
         view.start_stream(policy.local_cpu_budget if local_cpu else None)
         try:
             host.store.begin_reply(conversation, info.name if info else "",
-                                   info.backend if info else "")
+                                   info.backend if info else "", alternatives)
         except LampchatError as exc:
             host.notify(f"could not save the reply: {exc}", severity="warning")
         return cls(host, screen, conversation, generation, view, panel, local_cpu, policy)

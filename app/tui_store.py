@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -193,9 +194,12 @@ class ChatStore:
             del conv.messages[n_messages:]
         self._touch(conv)
 
-    def begin_reply(self, conv: Conversation, model: str, backend: str) -> None:
-        """A reply starts streaming (its partial text is checkpointed)."""
-        self.writer.begin_reply(conv, model=model or None, backend=backend or None)
+    def begin_reply(self, conv: Conversation, model: str, backend: str,
+                    alternatives: Sequence[Message] = ()) -> None:
+        """A reply starts streaming (its partial text is checkpointed); `alternatives`: the
+        earlier versions of a regenerated reply."""
+        self.writer.begin_reply(conv, model=model or None, backend=backend or None,
+                                alternatives=alternatives)
 
     def record_partial(self, conv: Conversation, text: str) -> bool:
         """The streaming reply's text so far (in memory); True when a checkpoint is due."""

@@ -64,9 +64,11 @@ def format_ms(value: float) -> str:
     return f"{value:.0f} ms" if value < 10_000 else f"{value / 1000:.1f} s"
 
 
-def reply_meta(metrics: ReplyMetrics | None, state: MessageState = "done") -> str:
-    """The line under a reply: model, backend, TTFT, tokens/s (and why it ended early)."""
-    parts: list[str] = []
+def reply_meta(metrics: ReplyMetrics | None, state: MessageState = "done",
+               versions: tuple[int, int] | None = None) -> str:
+    """The line under a reply: which version it is (of several), model, backend, TTFT,
+    tokens/s (and why it ended early)."""
+    parts: list[str] = [f"‹ {versions[0]}/{versions[1]} ›"] if versions else []
     if metrics is not None:
         if metrics.model:
             parts.append(metrics.model)
@@ -101,6 +103,8 @@ class MessageData:
     metrics: ReplyMetrics | None = None
     state: MessageState = "done"
     extra: dict[str, object] = field(default_factory=dict)
+    versions: tuple[int, int] | None = None
+    """A reply with earlier versions: (this one's number, how many), from 1."""
 
 
 class Fold(Widget):
@@ -125,8 +129,9 @@ class Fold(Widget):
 
 class MessageView(OneLayoutPass, Vertical):
     """Base class of a message in the log. User and assistant messages take the focus
-    (Shift+Tab from the input reaches the last one): Up/Down move between them, and `c`, `t`,
-    `e`, `d` ask the screen to copy, copy the code of, edit or delete the message."""
+    (Shift+Tab from the input reaches the last one): Up/Down move between them; `c`, `t`,
+    `e`, `d` ask the screen to copy, copy the code of, edit or delete the message, and `<`,
+    `>` to show a reply's previous or next version."""
 
     DEFAULT_CSS = """
     MessageView { height: auto; margin: 0 1 1 1; padding: 0 1; }
@@ -143,11 +148,14 @@ class MessageView(OneLayoutPass, Vertical):
         Binding("t", "act('code')", "Copy code"),
         Binding("e", "act('edit')", "Edit"),
         Binding("d", "act('delete')", "Delete"),
+        Binding("less_than_sign,left", "act('previous')", "Earlier version", show=False),
+        Binding("greater_than_sign,right", "act('next')", "Later version", show=False),
         Binding("escape", "act('leave')", "Back", show=False),
     ]
 
     class Act(Message):
-        """A key asked for `action` ("copy", "code", "edit", "delete", "leave") on `view`."""
+        """A key asked for `action` ("copy", "code", "edit", "delete", "leave", and for a
+        reply's versions "previous", "next") on `view`."""
 
         def __init__(self, view: MessageView, action: str) -> None:
             super().__init__()
@@ -222,7 +230,8 @@ class AssistantMessage(MessageView):
     def compose(self) -> ComposeResult:
         yield Static(self.ROLE_LABEL, classes="role")
         yield ReplyMarkdown(self.data.content, classes="body")
-        yield Static(reply_meta(self.data.metrics, self.data.state), markup=False, classes="meta")
+        yield Static(reply_meta(self.data.metrics, self.data.state, self.data.versions),
+                     markup=False, classes="meta")
 
     def on_mount(self) -> None:
         self._mark_state()
@@ -362,7 +371,7 @@ class AssistantMessage(MessageView):
             self.markdown.display = True
             await self.markdown.update(text)
         self.shown_chars = len(text)
-        self.set_meta(reply_meta(metrics, state))
+        self.set_meta(reply_meta(metrics, state, self.data.versions))
 
 
 def make_view(data: MessageData) -> MessageView:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import cast
@@ -44,7 +45,10 @@ def message_to_data(message: Message) -> MessageData:
     if metrics is not None:  # the history file keeps model and backend on the message
         metrics.model = metrics.model or message.model or ""
         metrics.backend = metrics.backend or message.backend or ""
-    return MessageData(role, message.content, metrics, message_state(message))  # type: ignore[arg-type]
+    total = len(message.alternatives) + 1
+    versions = (message.choice + 1, total) if total > 1 else None
+    return MessageData(role, message.content, metrics, message_state(message),  # type: ignore[arg-type]
+                       versions=versions)
 
 
 class ChatScreen(Screen[None]):
@@ -341,13 +345,17 @@ class ChatScreen(Screen[None]):
             await self.refresh_sidebar()
         await self.start_reply()
 
-    async def start_reply(self, sampling: SamplingParams | None = None) -> None:
-        """Stream a reply to the conversation as it stands (`sampling`: the host's)."""
+    async def start_reply(self, sampling: SamplingParams | None = None,
+                          alternatives: Sequence[Message] = ()) -> bool:
+        """Stream a reply to the conversation as it stands (`sampling`: the host's;
+        `alternatives`: the earlier versions of the reply it replaces). False when it could
+        not start (a toast said why)."""
         assert self.conversation is not None
         reply = await ReplyStream.start(self.lampchat, self, self.conversation, self.chat_log,
-                                        self.metrics_panel, sampling=sampling)
+                                        self.metrics_panel, sampling=sampling,
+                                        alternatives=alternatives)
         if reply is None:
-            return
+            return False
         reply.on_saved = self._reply_saved
         self.reply = reply
         self._code_index = self._reply_index = 0
@@ -356,6 +364,7 @@ class ChatScreen(Screen[None]):
         self._cursor_blink = self.prompt.cursor_blink
         self.prompt.cursor_blink = False
         self.stream_reply(reply)
+        return True
 
     @work(group="reply", exit_on_error=False)
     async def stream_reply(self, reply: ReplyStream) -> None:
@@ -494,14 +503,16 @@ class ChatScreen(Screen[None]):
         self.prompt.focus()
 
     async def action_regenerate(self) -> None:
-        """Replace the last reply with a new one."""
+        """Replace the last reply with a new one; the earlier ones stay as its other versions
+        (< and > on the focused reply flip between them)."""
         if self.conversation is None or not self.ready_to_send():
             return
         turns = self.conversation.messages
         if not any(t.role == "user" for t in turns):
             self.notify("Nothing to regenerate yet.", severity="warning")
             return
-        if turns[-1].role == "assistant":
+        previous = turns[-1] if turns[-1].role == "assistant" else None
+        if previous is not None:
             self._store_truncate(len(turns) - 1)
             await self.chat_log.remove_last(1)
         sampling = self.lampchat.sampling()
@@ -511,7 +522,10 @@ class ChatScreen(Screen[None]):
             self.notify(f"Regenerating with seed {seed}: the configured seed "
                         f"{sampling.seed} would repeat the same reply.")
             sampling = replace(sampling, seed=seed)
-        await self.start_reply(sampling)
+        versions = previous.versions() if previous is not None else []
+        if not await self.start_reply(sampling, versions) and previous is not None:
+            self._store_append(previous)  # nothing replaces it: it stays as it was
+            await self.chat_log.add(message_to_data(previous))
 
     async def action_edit_last(self) -> None:
         """Put the last prompt back in the input, and drop it and its reply."""
@@ -737,6 +751,9 @@ class ChatScreen(Screen[None]):
         index = self._conversation_index(view)
         if index is None:
             return
+        if action in ("previous", "next"):
+            await self._choose_version(view, index, -1 if action == "previous" else 1)
+            return
         messages = list(self.conversation.messages)
         if action == "edit":
             if messages[index].role != "user":
@@ -756,6 +773,31 @@ class ChatScreen(Screen[None]):
                 self._store_append(message)
             await self.show_conversation(self.conversation)
             self.prompt.focus()
+
+    async def _choose_version(self, view: MessageView, index: int, step: int) -> None:
+        """Show the reply's previous or next version (< and >): the conversation continues
+        from the one shown, and the file records the choice."""
+        assert self.conversation is not None
+        message = self.conversation.messages[index]
+        if not message.alternatives:
+            if message.role == "assistant":
+                self.notify("This reply has one version; Ctrl+R writes another.", timeout=3)
+            return
+        if index != len(self.conversation.messages) - 1:
+            self.notify("Only the last reply's version can be changed: later messages "
+                        "followed this one.", severity="warning")
+            return
+        choice = message.choice + step
+        if not 0 <= choice <= len(message.alternatives):
+            return
+        message.choose(choice)
+        self._store_truncate(index)
+        self._store_append(message)
+        data = message_to_data(message)
+        view.data.versions = data.versions
+        if isinstance(view, AssistantMessage):
+            await view.finish(data.content, data.metrics, data.state)
+        view.focus()
 
     def _conversation_index(self, view: MessageView) -> int | None:
         """The conversation's index of the message `view` shows."""

@@ -30,6 +30,8 @@ MESSAGE_KEYS: list[tuple[str, str]] = [
     ("e", "edit one of your messages and send it again (the conversation as it was is kept "
           "in the list)"),
     ("d", "delete the message"),
+    ("< / > (Left / Right)", "the last reply's earlier / later version (after Ctrl+R); the "
+                             "conversation continues from the one shown"),
     ("Esc", "back to the input"),
 ]
 

@@ -446,3 +446,38 @@ def test_listing_is_cached_until_a_file_changes(tmp_path: Path) -> None:
     assert {s.title for s in store.list()} == {"renamed", "edited by hand!"}
     store.delete(first)
     assert [s.title for s in store.list()] == ["edited by hand!"]
+
+
+# -- a regenerated reply's versions ------------------------------------------------------------
+
+
+def test_a_regenerated_reply_keeps_its_versions_through_a_crash(tmp_path: Path) -> None:
+    """The earlier versions go with the new reply from its first checkpoint: a crash while it
+    streams loses none of them; the next load recovers them with the partial text."""
+    store = HistoryStore(tmp_path, checkpoint_interval=0.0)
+    conv = store.create()
+    store.append(conv, "user", "name a colour")
+    store.append(conv, Message("assistant", "Blue."))
+    old = conv.messages[-1]
+    store.truncate(conv, 1)
+    store.begin_reply(conv, model="m", alternatives=old.versions())
+    store.update_partial(conv, "Gre")
+    # the process dies here: a new one loads the file and the side file
+    recovered = HistoryStore(tmp_path).load(conv.id).messages[-1]
+    assert recovered.content == "Gre" and recovered.interrupted
+    assert [v.content for v in recovered.versions()] == ["Blue.", "Gre"]
+
+
+def test_a_damaged_version_is_dropped_and_the_reply_kept(tmp_path: Path) -> None:
+    conv = new_conversation()
+    reply = Message("assistant", "second", alternatives=[Message("assistant", "first")],
+                    choice=1)
+    conv.messages = [Message("user", "q"), reply]
+    path = tmp_path / "c.toml"
+    save_conversation_file(conv, path)
+    text = path.read_text().replace('content = "first"', "content = 3")
+    loaded = parse_conversation(text, path)
+    assert not loaded.problems and loaded.messages[-1].content == "second"
+    assert loaded.messages[-1].alternatives == [] and loaded.messages[-1].choice == 0
+    text = path.read_text().replace("choice = 1", "choice = 99")
+    assert parse_conversation(text, path).messages[-1].choice == 1  # clamped

@@ -9,7 +9,9 @@ model "path", written like a URL so that the picker, the hotkeys and `--model` c
 - `tokens`: make the reply exactly this many tokens long (default: `REPLY` as it is);
 - `fail_after`: raise a BackendError after this many tokens (a backend failing mid-stream);
 - `fail_load=1`: loading fails with a ModelLoadError;
-- `echo=1`: the reply starts with "You said: <last user message>".
+- `echo=1`: the reply starts with "You said: <last user message>";
+- `numbered=1`: the reply starts with "Reply N." (N counts this model's replies), so that a
+  regenerated reply differs from the one before.
 
 `LoadSettings.options` may hold the same keys. Register it for a test with `install(monkeypatch)`;
 `FixedClock` replaces the engine's reply clock so that metrics are the same on every run.
@@ -88,6 +90,7 @@ class ScriptedBackend(Backend):
     def __init__(self) -> None:
         super().__init__()
         self.options: dict[str, Any] = {}
+        self.replies = 0
 
     def load(
         self, model: str, settings: LoadSettings, progress: ProgressCallback | None = None
@@ -127,6 +130,9 @@ class ScriptedBackend(Backend):
         if str(self.options.get("echo", "0")) == "1":
             last = next((m.content for m in reversed(messages) if m.role == "user"), "")
             text = f"You said: {last}\n\n{text}"
+        if str(self.options.get("numbered", "0")) == "1":
+            self.replies += 1
+            text = f"Reply {self.replies}.\n\n{text}"
         return text
 
     def stream(

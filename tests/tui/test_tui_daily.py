@@ -358,3 +358,68 @@ async def test_any_message_can_be_copied_edited_or_deleted(monkeypatch, tmp_path
         assert [m.role for m in chat.conversation.messages] == ["assistant"]
         reloaded = store.history.load(chat.conversation.path)
         assert [m.role for m in reloaded.messages] == ["assistant"]
+
+
+async def test_regenerated_replies_stay_as_versions_to_flip_between(monkeypatch,
+                                                                    tmp_path: Path) -> None:
+    """Ctrl+R threw the earlier reply away: it stays as a version; < and > on the focused
+    reply flip between them, the conversation continues from the one shown, and the file
+    keeps all of them and the choice (also when reopened)."""
+    from app.history import load_conversation_file
+    from tests.support.tui_chat import meta
+    from widgets.messages import AssistantMessage
+
+    store = ChatStore(HistoryStore(tmp_path / "history"))
+    app = make_app(monkeypatch, store, model="scripted://demo?rate=0&numbered=1")
+    sent: list[list[str]] = []
+    original = app.engine.generate
+
+    def recording(messages, *args, **kwargs):
+        sent.append([m.content for m in messages])
+        return original(messages, *args, **kwargs)
+
+    monkeypatch.setattr(app.engine, "generate", recording)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        chat = app.chat
+        await say(pilot, "hi")
+        for _ in range(2):
+            n = len(sent)
+            await pilot.press("ctrl+r")
+            await wait_for(pilot, lambda n=n: len(sent) > n and chat.generation is None
+                           and len(chat.conversation.messages) == 2)
+        reply = chat.conversation.messages[-1]
+        assert reply.content.startswith("Reply 3.") and reply.choice == 2
+        assert [m.content[:8] for m in reply.alternatives] == ["Reply 1.", "Reply 2."]
+        assert meta(chat.chat_log.last_view("assistant")).startswith("‹ 3/3 › · demo")
+        await pilot.press("shift+tab")
+        await pilot.pause(0.1)
+        assert isinstance(app.focused, AssistantMessage)
+        await pilot.press("less_than_sign", "less_than_sign", "less_than_sign")  # stops at 1
+        await pilot.pause(0.3)
+        view = chat.chat_log.last_view("assistant")
+        assert view.data.content.startswith("Reply 1.") and meta(view).startswith("‹ 1/3 ›")
+        await pilot.press("greater_than_sign")
+        await pilot.pause(0.3)
+        assert chat.chat_log.last_view("assistant").data.content.startswith("Reply 2.")
+        path = chat.conversation.path
+        saved = load_conversation_file(path).messages[-1]
+        assert saved.content.startswith("Reply 2.") and saved.choice == 1
+        assert [v.content[:8] for v in saved.versions()] == ["Reply 1.", "Reply 2.", "Reply 3."]
+        await say(pilot, "go on")  # continues from the version shown
+        assert sent[-1][1].startswith("Reply 2.") and sent[-1][2] == "go on"
+        # an earlier reply's version cannot change under the messages that followed it
+        await pilot.press("shift+tab", "up", "up")
+        await pilot.pause(0.1)
+        await pilot.press("less_than_sign")
+        await pilot.pause(0.2)
+        assert chat.conversation.messages[1].content.startswith("Reply 2.")
+        assert any("Only the last reply" in str(n.message) for n in app._notifications)
+    # reopened: the versions and the choice come back
+    app = make_app(monkeypatch, ChatStore(HistoryStore(tmp_path / "history")), resume=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: app.chat.conversation is not None
+                       and len(app.chat.conversation.messages) == 4)
+        views = list(app.chat.query(AssistantMessage))
+        assert meta(views[0]).startswith("‹ 2/3 ›")
