@@ -27,6 +27,7 @@ from textual.widget import Widget
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownBlock, MarkdownFence
 
+from widgets.code_fence import MORE
 from widgets.layout_pass import OneLayoutPass, relayout_if_resized
 from widgets.reply_markdown import LIST_SUFFIX, draw_table
 
@@ -432,15 +433,20 @@ class FlatMarkdown(OneLayoutPass, Widget):
         return self._highlights[key]
 
     def _draw_fence(self, block: Block, width: int, place: Place) -> list[Content]:
-        """A code block: a blank line, each line indented by two (cut at the edge, as the
-        scrolled-to-the-left code block shows it: see `cuts_code`), a blank line."""
+        """A code block: a blank line, each line indented by two, a blank line. A line longer
+        than the width is cut at the edge with `MORE` in its last cell (the finished reply's
+        code block scrolls sideways to show the rest: see `cuts_code`)."""
         code = self._highlight(block.code, block.info)
         lines = [Content(""), *(Content.assemble("  ", line) for line in code.split("\n")),
                  Content("")]
         style = self._fill(place, "fence")
-        if any(line.cell_length > width for line in lines):
-            self._cutting = True
-        return [line.truncate(width, pad=True).stylize_before(style) for line in lines]
+        drawn = []
+        for line in lines:
+            if line.cell_length > width:
+                self._cutting = True
+                line = Content.assemble(line.truncate(max(width - 1, 0)), (MORE, "bold"))
+            drawn.append(line.truncate(width, pad=True).stylize_before(style))
+        return drawn
 
     def _draw_list(self, block: Block, width: int, place: Place) -> list[Content]:
         items = [item for item in block.children if item.kind == "item"]

@@ -34,6 +34,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Markdown, Static
 
 from engine.types import ReplyMetrics
+from widgets.code_fence import CodeFence
 from widgets.flat_markdown import FlatMarkdown
 from widgets.frame_pacer import FramePacer
 from widgets.layout_pass import OneLayoutPass, relayout_if_resized
@@ -148,8 +149,8 @@ class MessageView(OneLayoutPass, Vertical):
         Binding("t", "act('code')", "Copy code"),
         Binding("e", "act('edit')", "Edit"),
         Binding("d", "act('delete')", "Delete"),
-        Binding("less_than_sign,left", "act('previous')", "Earlier version", show=False),
-        Binding("greater_than_sign,right", "act('next')", "Later version", show=False),
+        Binding("less_than_sign", "act('previous')", "Earlier version", show=False),
+        Binding("greater_than_sign", "act('next')", "Later version", show=False),
         Binding("escape", "act('leave')", "Back", show=False),
     ]
 
@@ -206,9 +207,17 @@ class SystemNote(MessageView):
 
 
 class AssistantMessage(MessageView):
-    """A reply: Markdown that can stream, and a metrics line under it."""
+    """A reply: Markdown that can stream, and a metrics line under it. Left/Right scroll its
+    code blocks sideways (a line cut at the edge ends in `→`)."""
 
     ROLE_LABEL = "Assistant"
+    SIDEWAYS = 8
+    """Columns Left/Right scroll the code by."""
+
+    BINDINGS = [
+        Binding("left", "scroll_code(-1)", "Code left", show=False),
+        Binding("right", "scroll_code(1)", "Code right", show=False),
+    ]
 
     def __init__(self, data: MessageData, **kwargs: object) -> None:
         super().__init__(data, **kwargs)
@@ -226,6 +235,11 @@ class AssistantMessage(MessageView):
         """Characters written to the screen so far (for tests and benchmarks)."""
         self.full_updates = 0
         """How many times the whole reply was re-rendered at its end (0 when streaming sufficed)."""
+
+    def action_scroll_code(self, direction: int) -> None:
+        """Scroll the reply's code blocks sideways (those wider than the reply)."""
+        for fence in self.query(CodeFence):
+            fence.scroll_columns(direction * self.SIDEWAYS)
 
     def compose(self) -> ComposeResult:
         yield Static(self.ROLE_LABEL, classes="role")

@@ -31,6 +31,7 @@ from textual.widgets._markdown import (
     MarkdownTable,
 )
 
+from widgets.code_fence import CodeFence
 from widgets.layout_pass import OneLayoutPass
 
 LIST_SUFFIX = ". "
@@ -319,6 +320,8 @@ class ReplyMarkdown(OneLayoutPass, Markdown):
         "td_open": Part,
         "list_item_ordered_open": ItemPart,
         "list_item_unordered_open": ItemPart,
+        "fence": CodeFence,
+        "code_block": CodeFence,
     }
 
 

@@ -30,8 +30,9 @@ MESSAGE_KEYS: list[tuple[str, str]] = [
     ("e", "edit one of your messages and send it again (the conversation as it was is kept "
           "in the list)"),
     ("d", "delete the message"),
-    ("< / > (Left / Right)", "the last reply's earlier / later version (after Ctrl+R); the "
-                             "conversation continues from the one shown"),
+    ("< / >", "the last reply's earlier / later version (after Ctrl+R); the "
+              "conversation continues from the one shown"),
+    ("Left / Right", "scroll a reply's code sideways (a line cut at the edge ends in →)"),
     ("Esc", "back to the input"),
 ]
 

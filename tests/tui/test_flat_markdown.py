@@ -200,3 +200,15 @@ def test_the_sample_text_has_every_kind_of_block() -> None:
     assert {"paragraph", "h1", "h2", "h3", "fence", "quote", "hr", "bullets", "numbers",
             "table"} <= kinds
     assert re.search(r"^    indented", SAMPLES["code"], re.MULTILINE)
+
+
+@pytest.mark.parametrize("kind", [FlatMarkdown, ReplyMarkdown])
+async def test_a_code_line_cut_at_the_edge_ends_in_an_arrow(kind: type) -> None:
+    """A code line cut at the edge looked like a line that ends there: streaming (FlatMarkdown)
+    and finished (ReplyMarkdown), its last visible cell is `MORE`; a line that fits has none."""
+    from widgets.code_fence import MORE
+
+    rows, _ = await show(kind(), SAMPLES["code"], "textual-dark")
+    cut = next(row for row in rows if "return x * 2" in row)
+    assert cut.rstrip().endswith(MORE) and "past the edge" not in cut
+    assert not next(row for row in rows if "def f(x)" in row).rstrip().endswith(MORE)

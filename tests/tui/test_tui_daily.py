@@ -423,3 +423,44 @@ async def test_regenerated_replies_stay_as_versions_to_flip_between(monkeypatch,
                        and len(app.chat.conversation.messages) == 4)
         views = list(app.chat.query(AssistantMessage))
         assert meta(views[0]).startswith("‹ 2/3 ›")
+
+
+
+async def test_left_and_right_scroll_a_replys_code_sideways(monkeypatch, tmp_path: Path) -> None:
+    """A finished reply's long code line could only be scrolled with a mouse, and nothing
+    showed it was cut: on the focused reply, Right/Left scroll its code; the cut line ends in
+    `→` until its end is in view."""
+    from widgets.code_fence import MORE, CodeFence
+    from widgets.messages import AssistantMessage
+
+    code = "x = [" + ", ".join(str(n) for n in range(30)) + "]  # the end"
+    history = tmp_path / "history"
+    first = ChatStore(HistoryStore(history))
+    conversation = first.new()
+    first.append(conversation, Message("user", "a list please"))
+    first.append(conversation, Message("assistant", f"Here:\n\n```python\n{code}\n```\n"))
+    app = make_app(monkeypatch, ChatStore(HistoryStore(history)), resume=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await wait_for(pilot, lambda: app.chat.query(CodeFence))
+        fence = app.chat.query_one(CodeFence)
+
+        def row() -> str:
+            return next(line for line in pilot.app.screen._compositor.render_strips()
+                        if "x = [" in line.text or ", 2" in line.text).text
+
+        await pilot.pause(0.1)
+        assert row().rstrip().endswith(MORE) and fence.is_cut
+        app.chat.prompt.focus()
+        await pilot.press("shift+tab")
+        await pilot.pause(0.1)
+        assert isinstance(app.focused, AssistantMessage)
+        for _ in range(20):
+            await pilot.press("right")
+        await pilot.pause(0.1)
+        assert fence.scroll_x > 0 and not fence.is_cut
+        assert "# the end" in row() and not row().rstrip().endswith(MORE)
+        for _ in range(20):
+            await pilot.press("left")
+        await pilot.pause(0.1)
+        assert fence.scroll_x == 0 and row().rstrip().endswith(MORE)
