@@ -116,6 +116,15 @@ class Config:
         self._env = dict(os.environ if env is None else env)
         self._layers: dict[str, dict[str, Any]] = {name: {} for name in SOURCES[1:]}
 
+    def warning_lines(self, limit: int = 5) -> list[str]:
+        """The warnings to print: at most `limit`, then one line counting the rest (a file
+        of 20,000 bad keys is not 20,000 lines of output)."""
+        lines = [f"lampchat: warning: {w}" for w in self.warnings[:limit]]
+        if len(self.warnings) > limit:
+            lines.append(f"lampchat: warning: ... and {len(self.warnings) - limit} more "
+                         f"(`lampchat config validate` lists every problem of {self.path})")
+        return lines
+
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, dotted: str) -> Any:
@@ -452,41 +461,41 @@ def _read_env(config: Config, env: Mapping[str, str]) -> None:
                                    f"{field.allowed()}; ignored")
 
 
-class _LineFinder:
-    """`path:line` of a section header or key, found by scanning the text (best effort)."""
+_KEY_LINE = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'"""
+                       r"|([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*))\s*=")
+"""A `key = ...` line: the key, quoted or bare (dotted keys included)."""
 
+
+class _LineFinder:
+    """`path:line` of a section header or key. The text is indexed in one pass (looking each
+    key up by scanning the file made a file of 20,000 keys take minutes)."""
 
     def __init__(self, path: Path, text: str) -> None:
         self.path = path
-        self.lines = text.splitlines()
-
-    def __call__(self, section: str, key: str | None = None) -> str:
-        line = self._find(section, key)
-        return f"{self.path}:{line}" if line else str(self.path)
-
-    def _find(self, section: str, key: str | None) -> int | None:
+        self.index: dict[tuple[str, str | None], int] = {}
+        """(section, key) -> line; (section, None): its header, or a top-level `section =`."""
         current: str | None = None
-        key_re = None
-        if key is not None:
-            k = re.escape(key)
-            key_re = re.compile(rf"""^\s*(?:{k}|"{k}"|'{k}')\s*=""")
-            dotted_re = re.compile(rf"^\s*{re.escape(section)}\.{k}\s*=")
-        for number, line in enumerate(self.lines, 1):
+        for number, line in enumerate(text.splitlines(), 1):
             header = TABLE_HEADER.match(line)
             if header:
                 current = header.group(1).replace(" ", "").replace('"', "")
-                if key is None and current == section:
-                    return number
+                self.index.setdefault((current, None), number)
                 continue
-            if key is None:
-                if current is None and re.match(rf"^\s*{re.escape(section)}\s*=", line):
-                    return number
+            found = _KEY_LINE.match(line)
+            if found is None:
                 continue
-            if current == section and key_re and key_re.match(line):
-                return number
-            if current is None and dotted_re.match(line):
-                return number
-        return None
+            key = next(group for group in found.groups() if group is not None)
+            if current is not None:
+                self.index.setdefault((current, key), number)
+                continue
+            self.index.setdefault((key, None), number)
+            if "." in key:  # a top-level dotted key: section.key = ...
+                section, _, rest = key.partition(".")
+                self.index.setdefault((section.strip(), rest.strip()), number)
+
+    def __call__(self, section: str, key: str | None = None) -> str:
+        line = self.index.get((section, key))
+        return f"{self.path}:{line}" if line else str(self.path)
 
 
 def validate_file(path: str | Path) -> list[str]:

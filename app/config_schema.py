@@ -219,7 +219,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         Field("session", "auto_save", bool, True, "Save every conversation as it happens, one "
               "file per conversation in `history_dir`."),
         Field("session", "resume", bool, True, "Start where you left off: `lampchat` reopens "
-              "the most recently updated saved conversation instead of a new one."),
+              "the most recently updated saved conversation instead of a new one (not with "
+              "`--save-history`, whose file starts a new one)."),
         Field("session", "history_dir", str, "", "Where conversations are saved. Empty: "
               "the platform data dir (e.g. ~/.local/share/lampchat/history)."),
         Field("session", "history_file", str, "", "Prompt recall file (Up/Down in the input). "

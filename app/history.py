@@ -260,9 +260,14 @@ def conversation_text(conv: Conversation) -> str:
 
 
 def parse_toml(text: str) -> dict[str, Any]:
-    if _fast_toml is not None:
-        return _fast_toml.loads(text)
-    return tomlkit.parse(text).unwrap()
+    """Parse TOML; ValueError for anything that is not TOML a conversation can be (values
+    nested past the interpreter's recursion limit included)."""
+    try:
+        if _fast_toml is not None:
+            return _fast_toml.loads(text)
+        return tomlkit.parse(text).unwrap()
+    except RecursionError:
+        raise ValueError("values nested far too deeply") from None
 
 
 def parse_timestamp(value: Any) -> float | None:

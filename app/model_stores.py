@@ -9,7 +9,6 @@ model found carries the name users type for it in that tool (`smollm2:135m` in O
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from app.config_schema import MODEL_STORES
+from engine.files import parse_json
 from engine.models import friendly_name, quant_tag
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def _unique_dirs(paths: list[Path]) -> list[Path]:
 def _read_json(path: Path) -> Any:
     text = _read_text(path)
     try:
-        return json.loads(text) if text is not None else None
+        return parse_json(text) if text is not None else None
     except ValueError:
         log.info("%s is not JSON", path)
         return None

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from app.atomic_file import atomic_write_text
 from engine.errors import LampchatError
+from engine.files import parse_json
 
 if TYPE_CHECKING:
     from app.config import Config
@@ -52,7 +53,7 @@ class PromptHistory:
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = parse_json(line)
             except ValueError:
                 log.warning("%s:%d: unreadable prompt history line skipped", self.path, number)
                 continue

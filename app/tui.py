@@ -165,7 +165,7 @@ class LampchatApp(KeyHoldApp, App[int]):
             self.notify(f"unknown theme {self.options.theme!r}; using {self.theme}",
                         severity="warning")
         self._saved_theme = self.theme
-        for warning in self.startup_warnings[:5]:
+        for warning in self.startup_warnings:
             self.notify(warning, title="Config", severity="warning", timeout=10)
         self.theme_changed_signal.subscribe(self, self._on_theme_changed)
         self._loop = asyncio.get_running_loop()
@@ -195,7 +195,9 @@ class LampchatApp(KeyHoldApp, App[int]):
             for problem in problems[:3]:
                 self.notify(problem, title="History file damaged", severity="warning")
             return conversation
-        if self.options.resume and self.store.history is not None:
+        # --save-history names the file of a new conversation: it does not take an old one
+        if (self.options.resume and self.store.history is not None
+                and self.store.save_history is None):
             last = self._last_conversation()
             if last is not None:
                 return last

@@ -60,7 +60,8 @@ def build_app(args: argparse.Namespace) -> LampchatApp:
         file_lock.hold(store.save_history)  # one writer at a time across processes
         store.check_save_target()
     app = LampchatApp(options, store, EngineWorker(kv_store=config.kv_store()))
-    app.startup_warnings = list(config.warnings)
+    app.startup_warnings = [line.removeprefix("lampchat: warning: ")
+                            for line in config.warning_lines()]
     return app
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import LampchatError, ModelLoadError
+from engine.files import staged_folder
 from engine.formats.loader import LoadedModel, load_model
 from engine.formats.safetensors_io import save_safetensors
 
@@ -78,9 +77,7 @@ def convert(
 
     report(0.0, f"reading {src_path.name}")
     model = load_model(src_path, lambda f, w: report(0.85 * f, w), DTYPES[dtype])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, user_file_mode()) as tmp:
         report(0.86, "writing config")
         write_configs(model, tmp, dtype)
         report(0.88, "writing tokenizer")
@@ -91,14 +88,6 @@ def convert(
         weights = export_weights(model)
         save_safetensors(weights, tmp / "model.safetensors")
         report(0.99, "finishing")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in os.listdir(tmp):
-            os.chmod(tmp / name, user_file_mode())
-            os.replace(tmp / name, out / name)
-    except OSError as exc:
-        raise LampchatError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     report(1.0, "done")
     written = sum((out / n).stat().st_size for n in OUTPUT_FILES if (out / n).is_file())
     return ConvertResult(

@@ -15,9 +15,6 @@ projection. Weights are float32, or int8 per output channel (DequantizeLinear) w
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +24,7 @@ import numpy as np
 
 from engine.convert import user_file_mode, write_configs
 from engine.errors import BackendUnavailableError, LampchatError, ModelLoadError
+from engine.files import parse_json, staged_folder
 from engine.formats.loader import load_model
 from engine.native.llama import LlamaConfig, rope_inv_freq
 from engine.native.ops import rope_tables
@@ -318,9 +316,7 @@ def export_onnx(
     source_format, quantization = loaded.format, loaded.quantization
     model = build_llama_graph(config, loaded.weights, int8,
                               lambda f: report(0.5 + 0.3 * f, "building the graph"))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out, user_file_mode()) as tmp:
         report(0.8, "writing config and tokenizer")
         write_configs(loaded, tmp, "float32")
         _mark_onnx_config(tmp / "config.json", int8)
@@ -331,14 +327,6 @@ def export_onnx(
                              if p.key == "lampchat.n_params"), "0"))
         del model
         report(0.99, "finishing")
-        out.mkdir(parents=True, exist_ok=True)
-        for name in os.listdir(tmp):
-            os.chmod(tmp / name, user_file_mode())
-            os.replace(tmp / name, out / name)
-    except OSError as exc:
-        raise LampchatError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     report(1.0, "done")
     written = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     return OnnxExportResult(out_dir=out, source_format=source_format, quantization=quantization,
@@ -382,7 +370,7 @@ def exportable_config(config: dict[str, Any], weights: dict[str, np.ndarray],
 
 def _mark_onnx_config(path: Path, int8: bool) -> None:
     """Note the ONNX export in config.json (readers of HF configs ignore unknown keys)."""
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = parse_json(path.read_text(encoding="utf-8"))
     config["torch_dtype"] = "float32"
     config["lampchat_onnx"] = {"file": MODEL_FILE, "opset": OPSET,
                                "weights": "int8" if int8 else "float32"}

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from engine.errors import LampchatError
+from engine.files import parse_json
 
 log = logging.getLogger(__name__)
 # httpx logs every request's full URL at INFO, user:password included; keep that out of logs
@@ -308,7 +309,7 @@ def error_detail(body: str, endpoint: Endpoint | None = None) -> str:
     text = body.strip()
     message: Any = text
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -371,7 +372,7 @@ class _HttpStatusError(LampchatError):
 def parse_model_list(endpoint: Endpoint, body: str, url: str) -> list[RemoteModel]:
     """The models in a /v1/models answer; LampchatError when it is not one."""
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except ValueError:
         data = None
     items = data.get("data") if isinstance(data, dict) else None

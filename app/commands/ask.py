@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def _ask(args: argparse.Namespace, prompt: str) -> int:
     config = load_config(args.config)  # flags > environment > config file > defaults
-    for warning in config.warnings:
-        print(f"lampchat: warning: {warning}", file=sys.stderr)
+    for line in config.warning_lines():
+        print(line, file=sys.stderr)
     backend = args.backend or config.backend()
     sampling, settings, model = config.sampling(), config.load_settings(), args.model
     store_system, unresolved = None, None

@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "validate":
         return _validate(args)
     config = load_config(args.config)
-    for warning in config.warnings:
-        print(f"lampchat: warning: {warning}", file=sys.stderr)
+    for line in config.warning_lines():
+        print(line, file=sys.stderr)
     if args.action == "set":
         config.set(args.key, args.value)
         save_config(config)

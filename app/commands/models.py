@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     if args.dir:
         dirs = [*config.get("model.dirs"), *args.dir]
         config = load_config(args.config, cli={"model.dirs": dirs}, create=False)
-    for warning in getattr(config, "warnings", []):
-        print(f"lampchat: warning: {warning}", file=sys.stderr)
+    for line in config.warning_lines():
+        print(line, file=sys.stderr)
     entries = list_models(config)
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2, ensure_ascii=False))

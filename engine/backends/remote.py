@@ -17,7 +17,6 @@ helper's blocked read return, which tells the server to stop.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import queue
 import socket
@@ -30,6 +29,7 @@ import httpx
 
 from engine.backends.base import Backend, ProgressCallback
 from engine.errors import BackendError, LampchatError, ModelLoadError
+from engine.files import parse_json
 from engine.models import default_model_path
 from engine.remote_api import (
     Endpoint,
@@ -247,7 +247,7 @@ class _Reply:
             detail = error_detail(data, self.endpoint) or "no details"
             raise BackendError(f"the server at {where} reported an error mid-reply: {detail}")
         try:
-            chunk = json.loads(data)
+            chunk = parse_json(data)
         except ValueError:
             shown = self.endpoint.scrub(" ".join(data.split()))[:80]
             raise BackendError(f"{where} sent something that is not JSON in the reply stream: "

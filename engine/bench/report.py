@@ -15,6 +15,7 @@ from typing import Any
 
 from engine.bench.stats import Stat, ratio
 from engine.errors import LampchatError
+from engine.files import parse_json
 
 SCHEMA = "lampchat-bench"
 SCHEMA_VERSION = 1
@@ -54,7 +55,7 @@ def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise BenchFileError(f"cannot read bench file {p}: {exc}") from None
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except ValueError as exc:
         raise BenchFileError(f"{p} is not valid JSON ({exc})") from None
     problem = check_report(data)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ModelLoadError, UnknownFormatError
+from engine.files import parse_json
 from engine.formats import hf_folder
 from engine.formats.gguf_checks import check_metadata
 from engine.formats.gguf_file import GGUFFile
@@ -165,7 +166,7 @@ def _detect_folder(p: Path) -> FormatInfo:
     config: dict[str, object] = {}
     if config_path.is_file():
         try:
-            loaded = json.loads(config_path.read_text(encoding="utf-8"))
+            loaded = parse_json(config_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"config.json is damaged: {config_path} ({exc})") from exc
         config = loaded if isinstance(loaded, dict) else {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_template
 from engine.errors import ModelLoadError
+from engine.files import parse_json
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PYTORCH_INDEX = "pytorch_model.bin.index.json"
@@ -17,7 +18,7 @@ PYTORCH_INDEX = "pytorch_model.bin.index.json"
 def read_json(path: Path, what: str | None = None) -> Any:
     """Parse a JSON file, or raise ModelLoadError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ModelLoadError(f"cannot read {what or path.name}: {exc.strerror or exc}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -162,6 +162,12 @@ async def test_starting_again_reopens_the_last_conversation(monkeypatch, tmp_pat
     async with fresh.run_test(size=(80, 24)) as pilot:
         await ready(pilot)
         assert not fresh.chat.conversation.messages
+    # --save-history F starts the conversation F holds, not an old one copied into F
+    saving = make_app(monkeypatch, ChatStore(HistoryStore(history), tmp_path / "new.toml"),
+                      resume=True)
+    async with saving.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        assert not saving.chat.conversation.messages
 
 
 async def test_enter_while_a_reply_streams_queues_the_message(monkeypatch) -> None:
