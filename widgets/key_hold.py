@@ -15,7 +15,9 @@ from typing import Any
 from textual import events
 from textual.app import App
 
-HOLD_S = 0.3
+HOLD_S = 1.0
+"""The longest keys are held for a screen that never takes the focus (a busy machine can take
+most of a second to mount a dialog)."""
 
 
 class KeyHoldApp(App[Any]):
