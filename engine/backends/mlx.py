@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import platform
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ from engine.errors import (
 )
 from engine.formats import hf_folder
 from engine.formats.detect import detect_format
+from engine.kv_store import KVState
 from engine.memory import trim_heap
 from engine.sampling import PENALTY_LAST_N
 from engine.textstream import token_pieces
@@ -399,6 +402,53 @@ class MLXBackend(Backend):
     def reset_cache(self) -> None:
         """Forget the cached conversation."""
         self._cache, self._cache_tokens = None, []
+
+    # -- saved KV state --------------------------------------------------------------------
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
+        """See `Backend.prompt_tokens`."""
+        return self.tokenize_prompt(messages) if self._model is not None else None
+
+    def cached_tokens(self) -> Sequence[int]:
+        """See `Backend.cached_tokens`."""
+        return list(self._cache_tokens)
+
+    def export_state(self) -> KVState | None:
+        """mlx-lm's prompt cache, in its own file form (`save_prompt_cache`: each layer's
+        cache class and arrays), for the tokens it holds."""
+        from mlx_lm.models.cache import save_prompt_cache  # optional (the mlx extra)
+
+        if self._model is None or self._cache is None or not self._cache_tokens:
+            return None
+        with tempfile.TemporaryDirectory(prefix="lampchat-mlx-") as tmp:
+            path = os.path.join(tmp, "state.safetensors")
+            save_prompt_cache(path, self._cache)
+            with open(path, "rb") as fh:
+                payload = fh.read()
+        return KVState(tuple(self._cache_tokens), payload)
+
+    def import_state(self, state: KVState) -> bool:
+        """Make the prompt cache a saved one: the same cache classes as this model makes, each
+        holding exactly the state's tokens."""
+        # optional (the mlx extra)
+        from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+
+        n = len(state.tokens)
+        if self._model is None or not 0 < n < self._n_ctx:
+            return False
+        with tempfile.TemporaryDirectory(prefix="lampchat-mlx-") as tmp:
+            path = os.path.join(tmp, "state.safetensors")
+            with open(path, "wb") as fh:
+                fh.write(state.payload)
+            cache = load_prompt_cache(path)
+            self._mx.eval([layer.state for layer in cache])  # read before the file goes
+        expected = [type(layer) for layer in make_prompt_cache(self._model)]
+        if [type(layer) for layer in cache] != expected:
+            return False
+        if any(int(getattr(layer, "offset", -1)) != n for layer in cache):
+            return False
+        self._cache, self._cache_tokens = cache, list(state.tokens)
+        return True
 
     def _reuse_cache(self, tokens: Sequence[int]) -> int:
         """Trim the KV cache to its common prefix with `tokens` (at most all but the last

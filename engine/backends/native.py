@@ -20,6 +20,7 @@ from engine.kv_store import KVState
 from engine.memory import trim_heap
 from engine.models import metadata_name
 from engine.native import ARCHITECTURES, build_model
+from engine.native.base import NativeModel
 from engine.native.generator import Generator
 from engine.native.kv_cache import KVCache
 from engine.native.opencl import ops_for_device
@@ -35,6 +36,8 @@ NATIVE_FORMATS = ("gguf", "safetensors", "pytorch")
 
 _LOAD_SHARE = 0.8
 """Share of the load progress bar spent reading weights (the rest: fusing them)."""
+WARM_UP_TOKENS = 8
+"""Tokens of the warm-up prompt run at load."""
 
 
 def limit_blas_threads(n: int) -> None:
@@ -161,11 +164,23 @@ class NativeBackend(Backend):
             chat_template_source=template.source,
         )
         del loaded
+        report(0.99, "warming up")
+        self._warm_up(net)
         trim_heap()
         log.info("native: loaded %s (%s, %d params) in %.1fs", path, net.arch, net.n_params,
                  time.perf_counter() - started)
         report(1.0, "ready")
         return self.info
+
+    def _warm_up(self, net: NativeModel) -> None:
+        """A short prompt through the chat template and the model, as llama.cpp warms up a new
+        context: the first reply then pays none of the first-call costs (BLAS's threads and
+        buffers, numpy's first calls, the template's compilation), and is as quick as the
+        second. A scratch cache is used; the reply's own cache is untouched."""
+        self.tokenize_prompt([ChatMessage("user", "hi")])
+        cache = net.new_cache(WARM_UP_TOKENS + 1)
+        net.forward(np.zeros(WARM_UP_TOKENS, dtype=np.int64), cache, 0)
+        net.forward(np.zeros(1, dtype=np.int64), cache, WARM_UP_TOKENS)
 
     def unload(self) -> None:
         """Drop the model, its KV cache and tokenizer."""

@@ -35,6 +35,7 @@ from engine.errors import (
 )
 from engine.formats import hf_folder
 from engine.formats.detect import detect_format
+from engine.kv_store import KVState
 from engine.memory import trim_heap
 from engine.sampling import Sampler
 from engine.textstream import token_pieces
@@ -429,6 +430,47 @@ class OnnxBackend(Backend):
     def reset_cache(self) -> None:
         """Forget the cached conversation."""
         self._truncate_cache(0)
+
+    # -- saved KV state --------------------------------------------------------------------
+
+    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
+        """See `Backend.prompt_tokens`."""
+        return self.tokenize_prompt(messages) if self._session is not None else None
+
+    def cached_tokens(self) -> Sequence[int]:
+        """See `Backend.cached_tokens`."""
+        return list(self._cache_tokens)
+
+    def export_state(self) -> KVState | None:
+        """The cached keys and values of every layer (in the model's KV type), when they live
+        in host memory (a cache in GPU memory is not copied out)."""
+        n = len(self._cache_tokens)
+        if self._session is None or not n or self._kv_device != "cpu" or not self._past:
+            return None
+        arrays = [np.ascontiguousarray(value.numpy()) for value in self._past]
+        if any(a.shape[2] != n or a.dtype != self._kv_dtype for a in arrays):
+            return None
+        return KVState(tuple(self._cache_tokens), b"".join(a.tobytes() for a in arrays))
+
+    def import_state(self, state: KVState) -> bool:
+        """Make the cache hold a saved state's keys and values."""
+        n = len(state.tokens)
+        if self._session is None or self._kv_device != "cpu" or not 0 < n < self._n_ctx:
+            return False
+        heads, dim = self._kv_shape
+        size = heads * n * dim
+        if len(state.payload) != 2 * self._n_layers * size * np.dtype(self._kv_dtype).itemsize:
+            return False
+        data = np.frombuffer(state.payload, dtype=self._kv_dtype)
+        make = self._ort.OrtValue.ortvalue_from_numpy
+        self._past = [make(data[i * size:(i + 1) * size].reshape(1, heads, n, dim).copy())
+                      for i in range(2 * self._n_layers)]
+        self._cache_tokens = list(state.tokens)
+        return True
+
+    def state_settings(self) -> dict[str, Any]:
+        """See `Backend.state_settings`: the context length and the KV type."""
+        return {"n_ctx": self._n_ctx, "kv_dtype": np.dtype(self._kv_dtype).name}
 
     # -- generation -----------------------------------------------------------------------
 

@@ -128,6 +128,7 @@ def _read_zip(path: Path) -> Any:
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ModelLoadError(f"PyTorch zip checkpoint is damaged or truncated: {path}") from exc
     with zf:
+        _check_entries(zf, path)
         pkls = [n for n in zf.namelist() if n.endswith("data.pkl")]
         if len(pkls) != 1:
             raise ModelLoadError(f"PyTorch zip checkpoint has {len(pkls)} data.pkl files: {path}")
@@ -151,6 +152,19 @@ def _read_zip(path: Path) -> Any:
         for ref in unpickler.storages.values():
             ref.data = _map_zip_storage(zf, path, size, f"{prefix}data/{ref.key}", ref)
     return obj
+
+
+def _check_entries(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse entries PyTorch never writes before any is read: encrypted ones (zipfile asks
+    for a password) and other compression methods than stored or deflated."""
+    for info in zf.infolist():
+        if info.flag_bits & 0x1:
+            raise ModelLoadError(f"PyTorch checkpoint entry {info.filename!r} is encrypted "
+                                 f"(PyTorch never writes that; refused): {path}")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ModelLoadError(f"PyTorch checkpoint entry {info.filename!r} uses compression "
+                                 f"method {info.compress_type} (PyTorch stores its entries; "
+                                 f"refused): {path}")
 
 
 def _map_zip_storage(

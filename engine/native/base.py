@@ -87,10 +87,19 @@ def fuse(weights: Weights, names: list[str], shapes: list[tuple[int, ...]]) -> n
 
 
 def config_int(config: dict, *keys: str, default: int | None = None) -> int:
-    """The first of `keys` present in `config` as an int, else `default` (or an error)."""
+    """The first of `keys` present in `config` as an int, else `default` (or an error). Every
+    key read this way is a size or a count: 0, negative, fractional or absurd values are
+    refused in one line (a head count of 0 was a division by zero)."""
     for key in keys:
-        if config.get(key) is not None:
-            return int(config[key])
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+            raise ModelLoadError(f"config.json: {key} = {value!r} is not a whole number")
+        if not 1 <= value <= 1 << 31:
+            raise ModelLoadError(f"config.json: {key} = {value!r} is not a plausible size or "
+                                 f"count (1 to {1 << 31:,})")
+        return int(value)
     if default is None:
         raise ModelLoadError(f"config.json lacks {keys[0]!r}")
     return default

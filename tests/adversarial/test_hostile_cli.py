@@ -203,3 +203,60 @@ def test_a_hostile_config_is_read_in_bounded_time_and_kept(tmp_path: Path, text:
     assert "Traceback" not in outcome.stderr and len(outcome.lines) <= 6, outcome.stderr
     if outcome.returncode != 0:  # refused: the file it could not parse is left as it was
         assert config.read_text() == text
+
+
+# -- side files and archives --------------------------------------------------------------------
+
+
+def test_a_damaged_partial_file_leaves_its_conversation_readable(tmp_path: Path) -> None:
+    """A damaged `.partial` side file made the healthy conversation beside it unloadable: it is
+    ignored (with a log line), and the conversation loads and goes on."""
+    from app.history import Message, load_conversation_file, new_conversation
+    from app.history_store import ConversationWriter
+
+    path = tmp_path / "chat.toml"
+    conv = new_conversation("")
+    writer = ConversationWriter()
+    writer.append(conv, Message("user", "first"))
+    writer.write_all(conv, path)
+    (tmp_path / "chat.toml.partial").write_bytes(b"pid = [[[\x00\xff garbage" * 100)
+    outcome = run_hostile("ask", "--load-history", str(path), "-n", "2", "second",
+                          env={"HOME": str(tmp_path)})
+    assert outcome.returncode == 0 and "Traceback" not in outcome.stderr, outcome.stderr
+    assert load_conversation_file(path).messages[0].content == "first"
+
+
+def test_an_encrypted_checkpoint_entry_is_one_line(tmp_path: Path) -> None:
+    """A zip entry marked encrypted gave Python's "password required" as an unexpected error."""
+    storage = tc.Storage("0", np.ones(4, np.float32))
+    folder = _checkpoint_folder(tmp_path / "locked", {"w": tc.tensor(storage, (4,))}, [storage])
+    archive = folder / "pytorch_model.bin"
+    data = bytearray(archive.read_bytes())
+    local = data.index(b"PK\x03\x04")  # the first entry (data.pkl): flag bit 0 = encrypted
+    data[local + 6] |= 1
+    central = data.index(b"PK\x01\x02")
+    data[central + 8] |= 1
+    archive.write_bytes(bytes(data))
+    outcome = run_hostile("ask", "-m", str(folder), "-n", "2", "hi", env={"HOME": str(tmp_path)})
+    assert_refused(outcome, "pytorch_model.bin", "encrypted")
+
+
+@pytest.mark.parametrize("key, value, said", [
+    ("n_head", 0, "n_head = 0 is not a plausible size or count"),
+    ("n_embd", 64.5, "n_embd = 64.5 is not a whole number"),
+    ("n_layer", "2", "n_layer = '2' is not a whole number"),
+])
+def test_a_config_size_of_zero_or_the_wrong_type_is_one_line(tmp_path: Path, key: str,
+                                                             value: object, said: str) -> None:
+    """A head count of 0 was a division by zero ("unexpected error: division by zero")."""
+    from tests.support.tiny_models import gpt2_config, gpt2_weights, write_folder
+
+    from tokenizers import Tokenizer, models
+
+    folder = write_folder(tmp_path / "gpt2", gpt2_config(**{key: value}),
+                          gpt2_weights(gpt2_config()))
+    Tokenizer(models.WordLevel({"hi": 0, "[UNK]": 1}, unk_token="[UNK]")).save(
+        str(folder / "tokenizer.json"))
+    outcome = run_hostile("ask", "-m", str(folder), "--backend", "native", "-n", "2", "hi",
+                          env={"HOME": str(tmp_path)})
+    assert_refused(outcome, said)

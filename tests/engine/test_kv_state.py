@@ -33,25 +33,39 @@ async def _fresh(backend: str, model: Path, store: KVStateStore | None,
     return worker
 
 
-@pytest.mark.parametrize("backend", ["llama.cpp", "native"])
+@pytest.fixture
+def model_for(request: pytest.FixtureRequest, default_gguf: Path):
+    """The bundled model in the form `backend` reads (MLX: the converted HF folder; ONNX: its
+    export)."""
+    def model(backend: str) -> Path:
+        if backend == "mlx":
+            return request.getfixturevalue("smollm2_hf_dir")
+        if backend == "onnx":
+            return request.getfixturevalue("smollm2_onnx_dir")
+        return default_gguf
+    return model
+
+
+@pytest.mark.parametrize("backend", ["llama.cpp", "native", "mlx", "onnx"])
 async def test_a_resumed_conversation_restores_its_state_and_answers_the_same(
-        tmp_path: Path, default_gguf: Path, backend: str) -> None:
+        tmp_path: Path, model_for, backend: str) -> None:
+    model = model_for(backend)
     store = KVStateStore(tmp_path / "kv", 512 << 20)
-    first = await _fresh(backend, default_gguf, store)
+    first = await _fresh(backend, model, store)
     reply = await _reply(first, FIRST, "conv1")
     await first.close()  # a new process later: nothing of the cache is left in memory
     assert (tmp_path / "kv" / "conv1.kvstate").is_file()
     follow = [*FIRST, ChatMessage("assistant", reply.text), ChatMessage("user", "And then?")]
 
-    resumed = await _fresh(backend, default_gguf, KVStateStore(tmp_path / "kv", 512 << 20))
+    resumed = await _fresh(backend, model, KVStateStore(tmp_path / "kv", 512 << 20))
     restored = await _reply(resumed, follow, "conv1")
     await resumed.close()
-    cold = await _fresh(backend, default_gguf, None)
+    cold = await _fresh(backend, model, None)
     reference = await _reply(cold, follow)
     await cold.close()
     assert restored.restored_tokens > 40  # the first prompt (and reply) came from the state
     assert restored.text == reference.text
-    other_ctx = await _fresh(backend, default_gguf, KVStateStore(tmp_path / "kv", 512 << 20),
+    other_ctx = await _fresh(backend, model, KVStateStore(tmp_path / "kv", 512 << 20),
                              n_ctx=512)
     ignored = await _reply(other_ctx, follow, "conv1")  # other settings: never trusted
     await other_ctx.close()

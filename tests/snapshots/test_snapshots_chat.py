@@ -111,10 +111,32 @@ def test_bench_chart_snapshot(snap_compare, tmp_path: Path) -> None:
 
 NARROW = (80, 24)
 """The smallest common terminal: every screen must be usable at it."""
+WIDE = (140, 45)
+"""A roomy terminal: the metrics panel sits beside the chat."""
+
+SCREENS = {
+    "chat": [], "help": ["f1"], "metrics": ["f5"], "list": ["ctrl+b"],
+    "delete": ["ctrl+b", "d"], "rename": ["ctrl+b", "r"], "panel-overlay": ["f4"],
+    "find": ["ctrl+f", *"tea"], "system-prompt": ["f6"], "message-focus": ["shift+tab"],
+}
+"""Keys from the chat to each screen and dialog."""
 
 
-@pytest.mark.parametrize("keys", [[], ["f1"], ["f5"], ["ctrl+b"], ["ctrl+b", "d"], ["f4"]],
-                         ids=["chat", "help", "metrics", "list", "delete", "panel-overlay"])
+@pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
+def test_140x45_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
+    """The same screens and dialogs as at 80x24, with the metrics panel beside the chat."""
+    async def run_before(pilot: Any) -> None:
+        await converse(pilot, "How do I brew tea?", "And coffee?")
+        for key in keys:
+            await pilot.press(key)
+            await pilot.pause(0.3)
+        await settle(pilot)
+
+    assert snap_compare(snapshot_app(tmp_path, show_metrics=True), run_before=run_before,
+                        terminal_size=WIDE)
+
+
+@pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
 def test_80x24_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
     """The chat with a conversation longer than the screen (metrics panel on, which steps
     aside at this width), and each screen and dialog opened from it."""

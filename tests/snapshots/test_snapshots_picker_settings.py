@@ -135,3 +135,13 @@ def test_picker_80x24_snapshot(snap_compare, picker_entries: list[ModelEntry]) -
 def test_settings_80x24_snapshot(snap_compare, settings_config) -> None:
     assert snap_compare(SettingsHost(settings_config), run_before=steady_cursor,
                         terminal_size=(80, 24))
+
+
+def test_picker_140x45_snapshot(snap_compare, picker_entries: list[ModelEntry]) -> None:
+    assert snap_compare(PickerHost(picker_entries, picker_entries[0].path),
+                        run_before=steady_cursor, terminal_size=(140, 45))
+
+
+def test_settings_140x45_snapshot(snap_compare, settings_config) -> None:
+    assert snap_compare(SettingsHost(settings_config), run_before=steady_cursor,
+                        terminal_size=(140, 45))
