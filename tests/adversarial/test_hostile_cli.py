@@ -249,9 +249,9 @@ def test_an_encrypted_checkpoint_entry_is_one_line(tmp_path: Path) -> None:
 def test_a_config_size_of_zero_or_the_wrong_type_is_one_line(tmp_path: Path, key: str,
                                                              value: object, said: str) -> None:
     """A head count of 0 was a division by zero ("unexpected error: division by zero")."""
-    from tests.support.tiny_models import gpt2_config, gpt2_weights, write_folder
-
     from tokenizers import Tokenizer, models
+
+    from tests.support.tiny_models import gpt2_config, gpt2_weights, write_folder
 
     folder = write_folder(tmp_path / "gpt2", gpt2_config(**{key: value}),
                           gpt2_weights(gpt2_config()))
