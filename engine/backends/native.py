@@ -175,11 +175,12 @@ class NativeBackend(Backend):
     def _warm_up(self, net: NativeModel) -> None:
         """A short prompt through the chat template and the model, as llama.cpp warms up a new
         context: the first reply then pays none of the first-call costs (BLAS's threads and
-        buffers, numpy's first calls, the template's compilation), and is as quick as the
-        second. A scratch cache is used; the reply's own cache is untouched."""
+        buffers, numpy's first calls and its random module, the template's compilation), and
+        is as quick as the second. A scratch cache is used; the reply's own is untouched."""
         self.tokenize_prompt([ChatMessage("user", "hi")])
         cache = net.new_cache(WARM_UP_TOKENS + 1)
-        net.forward(np.zeros(WARM_UP_TOKENS, dtype=np.int64), cache, 0)
+        logits = net.forward(np.zeros(WARM_UP_TOKENS, dtype=np.int64), cache, 0)
+        Sampler(SamplingParams(temperature=0.7, seed=0))(logits)
         net.forward(np.zeros(1, dtype=np.int64), cache, WARM_UP_TOKENS)
 
     def unload(self) -> None:
