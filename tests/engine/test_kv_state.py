@@ -103,3 +103,56 @@ def test_the_cap_evicts_the_least_recently_used_and_delete_forgets(tmp_path: Pat
     fresh.delete("c")
     assert fresh.load("c", identity) is None and not (tmp_path / "c.kvstate").exists()
     assert store._file("../escape") is None  # ids never name a path outside the store
+
+
+def test_a_state_of_another_model_file_is_never_used(tmp_path: Path) -> None:
+    """Keyed by the model file (path, size, mtime) and backend: another file, the same file
+    changed, or another backend finds nothing."""
+    import os
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"x" * 100)
+    store = KVStateStore(tmp_path / "kv", 1 << 20)
+    identity = model_identity(str(model), "llama.cpp", n_ctx=512)
+    store.save("c1", identity, KVState((1, 2), b"ab"), background=False)
+    fresh = KVStateStore(tmp_path / "kv", 1 << 20)
+    other = tmp_path / "other.gguf"
+    other.write_bytes(b"x" * 100)
+    assert fresh.load("c1", model_identity(str(other), "llama.cpp", n_ctx=512)) is None
+    assert fresh.load("c1", model_identity(str(model), "native", n_ctx=512)) is None
+    os.utime(model, ns=(1, 1))  # the file was replaced: its mtime changed
+    assert fresh.load("c1", model_identity(str(model), "llama.cpp", n_ctx=512)) is None
+
+
+WRITER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from engine.kv_store import KVState, KVStateStore
+store = KVStateStore(sys.argv[2], 1 << 30)
+for i in range(60):
+    store.save("shared", {"m": 1}, KVState((i,), bytes([i % 251]) * (4 << 20)),
+               background=False)
+"""
+
+
+def test_two_processes_never_read_a_half_written_state(tmp_path: Path) -> None:
+    """One process writes 4 MB states over and over while another reads: every read is a
+    whole state (written to a temp file, then renamed) or nothing, never a mix."""
+    import subprocess
+    import sys
+
+    from tests.support.cli import REPO
+
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(REPO), str(tmp_path)])
+    reader = KVStateStore(tmp_path, 1 << 30)
+    seen = 0
+    try:
+        while writer.poll() is None:
+            state = reader.load("shared", {"m": 1})
+            if state is not None:
+                (i,) = state.tokens
+                assert state.payload == bytes([i % 251]) * (4 << 20)
+                seen += 1
+    finally:
+        writer.wait(timeout=120)
+    assert writer.returncode == 0 and seen > 0

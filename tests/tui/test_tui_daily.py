@@ -470,3 +470,34 @@ async def test_left_and_right_scroll_a_replys_code_sideways(monkeypatch, tmp_pat
             await pilot.press("left")
         await pilot.pause(0.1)
         assert fence.scroll_x == 0 and row().rstrip().endswith(MORE)
+
+
+async def test_deleting_a_conversation_in_the_list_deletes_its_saved_kv_state(
+        monkeypatch, tmp_path: Path) -> None:
+    from engine.kv_store import KVState, KVStateStore, model_identity
+    from engine.worker import EngineWorker
+
+    scripted_backend.install(monkeypatch)
+    history = tmp_path / "history"
+    store = ChatStore(HistoryStore(history))
+    kept, doomed = store.new(), store.new()
+    store.append(kept, Message("user", "keep me"))
+    store.append(doomed, Message("user", "delete me"))
+    states = KVStateStore(tmp_path / "kv", 1 << 20)
+    for conversation in (kept, doomed):
+        states.save(conversation.id, model_identity("m", "scripted"), KVState((1,), b"x"),
+                    background=False)
+    app = LampchatApp(TuiOptions(model="scripted://demo?rate=0", backend="scripted"), store,
+                      EngineWorker(kv_store=states))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot)
+        await pilot.press("ctrl+b")
+        sidebar = app.chat.query_one("#sidebar")
+        await wait_for(pilot, lambda: len(app.chat._summaries) >= 2)
+        index = [s.id for s in app.chat._summaries].index(doomed.id)
+        sidebar.list_view.index = index
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: not (tmp_path / "kv" / f"{doomed.id}.kvstate").exists())
+        assert (tmp_path / "kv" / f"{kept.id}.kvstate").exists()
