@@ -8,6 +8,7 @@ still done by the `gguf` package.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from dataclasses import dataclass
@@ -194,7 +195,19 @@ class GGUFFile:
             return raw.view(np.float32).reshape(t.shape)
         if t.qtype == gguf.GGMLQuantizationType.F16:
             return raw.view(np.float16).reshape(t.shape)
-        return dequantize(raw, t.qtype, t.n_elements).reshape(t.shape)
+        out = dequantize(raw, t.qtype, t.n_elements).reshape(t.shape)
+        self._release(t.offset, t.n_bytes)
+        return out
+
+    def _release(self, offset: int, length: int) -> None:
+        """Drop the mapped pages of bytes already copied out (a dequantized tensor) from the
+        resident set: the file stays in the page cache, but is not counted a second time
+        beside the float32 weights while a model loads."""
+        start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        end = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if end > start and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
 _CHUNK_BLOCKS = 1 << 16
