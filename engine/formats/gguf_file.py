@@ -32,6 +32,10 @@ _NP_TYPES: dict[int, str] = {
 _STRING, _ARRAY = 8, 9
 
 
+MAX_ARRAY_DEPTH = 8
+"""Metadata arrays within arrays, at most (llama.cpp's own files nest none)."""
+
+
 class _Damaged(Exception):
     pass
 
@@ -98,13 +102,17 @@ class GGUFFile:
             pos += n
         return items, pos
 
-    def _value(self, vtype: int, pos: int) -> tuple[Any, int]:
+    def _value(self, vtype: int, pos: int, depth: int = 0) -> tuple[Any, int]:
+        """The value of type `vtype` at `pos`; `depth`: arrays around it (real files nest
+        none; a crafted 5,000-deep one overflowed Python's stack)."""
         if vtype in _SCALARS:
             fmt, n = _SCALARS[vtype]
             return self._unpack(fmt, pos, n)
         if vtype == _STRING:
             return self._string(pos)
         if vtype == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise _Damaged(f"metadata arrays nested over {MAX_ARRAY_DEPTH} deep")
             sub, pos = self._unpack("<I", pos, 4)
             count, pos = self._unpack("<Q", pos, 8)
             if count > self.size:
@@ -118,7 +126,7 @@ class GGUFFile:
                 return self._string_array(pos, count)
             items = []
             for _ in range(count):
-                item, pos = self._value(sub, pos)
+                item, pos = self._value(sub, pos, depth + 1)
                 items.append(item)
             return items, pos
         raise _Damaged(f"unknown metadata value type {vtype}")

@@ -260,3 +260,19 @@ def test_a_config_size_of_zero_or_the_wrong_type_is_one_line(tmp_path: Path, key
     outcome = run_hostile("ask", "-m", str(folder), "--backend", "native", "-n", "2", "hi",
                           env={"HOME": str(tmp_path)})
     assert_refused(outcome, said)
+
+
+def test_metadata_arrays_nested_5000_deep_are_one_line(tmp_path: Path) -> None:
+    """A GGUF whose metadata array holds an array holding an array... 5,000 deep overflowed
+    Python's stack while the file was read ("maximum recursion depth exceeded")."""
+    import struct
+
+    value = struct.pack("<IQ", 4, 0)  # the innermost: an empty array of uint32
+    for _ in range(5_000):
+        value = struct.pack("<IQ", 9, 1) + value  # an array of one array
+    key = b"general.deep"
+    path = tmp_path / "deep.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                     + struct.pack("<I", 9) + value + bytes(64))
+    outcome = run_hostile("ask", "-m", str(path), "-n", "2", "hi", env={"HOME": str(tmp_path)})
+    assert_refused(outcome, "deep.gguf", "nested over 8 deep")

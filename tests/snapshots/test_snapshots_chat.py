@@ -122,30 +122,27 @@ SCREENS = {
 """Keys from the chat to each screen and dialog."""
 
 
-@pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
-def test_140x45_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
-    """The same screens and dialogs as at 80x24, with the metrics panel beside the chat."""
+def opened_after_a_conversation(keys: list[str]):
+    """A `run_before` that has a two-turn conversation, then presses `keys`."""
     async def run_before(pilot: Any) -> None:
         await converse(pilot, "How do I brew tea?", "And coffee?")
         for key in keys:
             await pilot.press(key)
             await pilot.pause(0.3)
         await settle(pilot)
+    return run_before
 
-    assert snap_compare(snapshot_app(tmp_path, show_metrics=True), run_before=run_before,
-                        terminal_size=WIDE)
+
+@pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
+def test_140x45_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
+    """The same screens and dialogs as at 80x24, with the metrics panel beside the chat."""
+    assert snap_compare(snapshot_app(tmp_path, show_metrics=True),
+                        run_before=opened_after_a_conversation(keys), terminal_size=WIDE)
 
 
 @pytest.mark.parametrize("keys", list(SCREENS.values()), ids=list(SCREENS))
 def test_80x24_snapshots(snap_compare, tmp_path: Path, keys: list[str]) -> None:
     """The chat with a conversation longer than the screen (metrics panel on, which steps
     aside at this width), and each screen and dialog opened from it."""
-    async def run_before(pilot: Any) -> None:
-        await converse(pilot, "How do I brew tea?", "And coffee?")
-        for key in keys:
-            await pilot.press(key)
-            await pilot.pause(0.3)
-        await settle(pilot)
-
-    assert snap_compare(snapshot_app(tmp_path, show_metrics=True), run_before=run_before,
-                        terminal_size=NARROW)
+    assert snap_compare(snapshot_app(tmp_path, show_metrics=True),
+                        run_before=opened_after_a_conversation(keys), terminal_size=NARROW)
