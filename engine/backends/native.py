@@ -165,20 +165,24 @@ class NativeBackend(Backend):
         )
         del loaded
         report(0.99, "warming up")
-        self._warm_up(net)
+        self._warm_up(net, n_ctx)
         trim_heap()
         log.info("native: loaded %s (%s, %d params) in %.1fs", path, net.arch, net.n_params,
                  time.perf_counter() - started)
         report(1.0, "ready")
         return self.info
 
-    def _warm_up(self, net: NativeModel) -> None:
+    def _warm_up(self, net: NativeModel, n_ctx: int) -> None:
         """A short prompt through the chat template and the model, as llama.cpp warms up a new
         context: the first reply then pays none of the first-call costs (BLAS's threads and
         buffers, numpy's first calls and its random module, the template's compilation), and
-        is as quick as the second. A scratch cache is used; the reply's own is untouched."""
+        is as quick as the second. The scratch cache it uses has the reply cache's size: a
+        model may set itself up by it (LongRoPE's factors follow the context), and it is
+        mapped, not filled, so only the positions written cost memory."""
         self.tokenize_prompt([ChatMessage("user", "hi")])
-        cache = net.new_cache(WARM_UP_TOKENS + 1)
+        if type(net.ops) is not NumpyOps:  # a device cache is allocated whole: not twice
+            return
+        cache = net.new_cache(n_ctx)
         logits = net.forward(np.zeros(WARM_UP_TOKENS, dtype=np.int64), cache, 0)
         Sampler(SamplingParams(temperature=0.7, seed=0))(logits)
         net.forward(np.zeros(1, dtype=np.int64), cache, WARM_UP_TOKENS)

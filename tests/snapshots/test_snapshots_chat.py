@@ -59,7 +59,9 @@ async def converse(pilot: Any, *prompts: str) -> None:
 async def settle(pilot: Any) -> None:
     app: LampchatApp = pilot.app
     app.clear_notifications()
-    app.chat.prompt.cursor_blink = False
+    for screen in {app.chat, app.screen}:  # every text cursor holds still (a dialog's too)
+        for editor in screen.query("Input, TextArea"):
+            editor.cursor_blink = False
     await pilot.pause(0.2)
     await pilot.wait_for_scheduled_animations()
     await pilot.pause()
