@@ -32,7 +32,7 @@ if sys.argv[2] == "eager":
     kv.lazy_zeros = lambda shape: np.zeros(shape, dtype=np.float32)
 from engine.backends.native import NativeBackend
 if sys.argv[2] == "no-warm-up":
-    NativeBackend._warm_up = lambda self, net: None
+    NativeBackend._warm_up = lambda self, *args: None
 from engine.models import default_model_path
 from engine.types import ChatMessage, LoadSettings, SamplingParams, StreamStats
 backend = NativeBackend()
