@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 NATIVE_FORMATS = ("gguf", "safetensors", "pytorch")
 """Formats whose weights the native engine reads (GGUF is dequantized to float32)."""
 
-_LOAD_SHARE = 0.8
-"""Share of the load progress bar spent reading weights (the rest: fusing them)."""
 WARM_UP_TOKENS = 8
 """Tokens of the warm-up prompt run at load."""
 
@@ -125,17 +123,14 @@ class NativeBackend(Backend):
 
         started = time.perf_counter()
         report(0.0, "reading weights")
-        loaded = load_model(
-            path, progress=lambda f, what: report(_LOAD_SHARE * f, f"reading {what}"),
-            dtype=np.float32,
-        )
+        # each tensor is read (dequantized, cast) as the model takes it: the peak stays near
+        # the float32 weights, not the weights plus the copies that fusing them makes
+        loaded = load_model(path, progress=lambda f, what: report(0.98 * f, f"reading {what}"),
+                            dtype=np.float32, lazy=True)
         if loaded.tokenizer is None:
             raise ModelLoadError(f"the model has no tokenizer (tokenizer.json): {path}")
-        net = build_model(
-            loaded.config, loaded.weights, ops=ops,
-            progress=lambda f: report(_LOAD_SHARE + (1 - _LOAD_SHARE) * f, "preparing weights"),
-        )
-        loaded.weights.clear()  # whatever the model did not take
+        net = build_model(loaded.config, loaded.weights, ops=ops)
+        loaded.weights.clear()  # whatever the model did not take, never read
         n_ctx = min(settings.n_ctx or net.max_positions, net.max_positions)
         self._generator = Generator(net, n_ctx)
         self._tokenizer = loaded.tokenizer

@@ -204,13 +204,25 @@ class GGUFFile:
         if t.qtype == gguf.GGMLQuantizationType.F16:
             return raw.view(np.float16).reshape(t.shape)
         out = dequantize(raw, t.qtype, t.n_elements).reshape(t.shape)
-        self._release(t.offset, t.n_bytes)
+        self.release(t)
         return out
 
-    def _release(self, offset: int, length: int) -> None:
-        """Drop the mapped pages of bytes already copied out (a dequantized tensor) from the
+    def array_into(self, t: GGUFTensorInfo, out: np.ndarray) -> None:
+        """Write the tensor, as float32, into `out` (its shape), with no copy in between."""
+        import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
+
+        if not out.flags.c_contiguous or t.qtype in (gguf.GGMLQuantizationType.F32,
+                                                     gguf.GGMLQuantizationType.F16):
+            out[...] = self.array(t)
+        else:
+            dequantize(self.raw(t), t.qtype, t.n_elements, out)
+        self.release(t)
+
+    def release(self, t: GGUFTensorInfo) -> None:
+        """Drop the mapped pages of a tensor already copied out (dequantized) from the
         resident set: the file stays in the page cache, but is not counted a second time
         beside the float32 weights while a model loads."""
+        offset, length = t.offset, t.n_bytes
         start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
         end = (offset + length) // mmap.PAGESIZE * mmap.PAGESIZE
         if end > start and hasattr(mmap, "MADV_DONTNEED"):
@@ -221,14 +233,19 @@ class GGUFFile:
 _CHUNK_BLOCKS = 1 << 16
 
 
-def dequantize(raw: np.ndarray, qtype: Any, n_elements: int) -> np.ndarray:
-    """Dequantize ggml blocks to float32: Q4_0, Q4_1 and Q8_0 vectorised here, every other type
-    (the K-quants, Q5_x, IQ*, BF16, ...) through `gguf.quants`, in large chunks."""
+def dequantize(
+    raw: np.ndarray, qtype: Any, n_elements: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Dequantize ggml blocks to float32 (into `out`, `n_elements` float32, when given): Q4_0,
+    Q4_1 and Q8_0 vectorised here, every other type (the K-quants, Q5_x, IQ*, BF16, ...)
+    through `gguf.quants`, in large chunks."""
     import gguf  # gguf takes about 0.1 s to import: only when a GGUF file is read
 
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
     blocks = raw.reshape(-1, type_size)
-    out = np.empty((blocks.shape[0], block), dtype=np.float32)
+    if out is None:
+        out = np.empty(n_elements, dtype=np.float32)
+    out = out.reshape(blocks.shape[0], block)
     fast = _FAST.get(qtype.name)
     for i in range(0, blocks.shape[0], _CHUNK_BLOCKS):
         chunk = blocks[i : i + _CHUNK_BLOCKS]

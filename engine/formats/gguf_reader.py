@@ -6,8 +6,10 @@ adjacent pairs; `unpermute_qk` undoes it so the weights match the HF layout (rot
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ import numpy as np
 
 from engine.errors import ModelLoadError
 from engine.formats.gguf_checks import check_metadata
-from engine.formats.gguf_file import GGUFFile
+from engine.formats.gguf_file import GGUFFile, GGUFTensorInfo
+from engine.formats.lazy_weights import LazyTensor, LazyWeights
 
 Progress = Callable[[float, str], None]
 
@@ -89,6 +92,7 @@ _GPT2_BLOCK = {
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 """HF GPT-2 stores these as Conv1D (in, out); GGUF stores them transposed."""
 
+_ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 _BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
                "tokenizer.ggml.merges")
@@ -127,6 +131,7 @@ class GGUFModel:
             raise ModelLoadError(f"GGUF file holds no tensors: {self.path}")
         check_metadata(self.file)
         self._meta: dict[str, Any] | None = None
+        self._config: dict[str, Any] | None = None
 
     # -- metadata ---------------------------------------------------------------------------
     def field(self, key: str, default: Any = None) -> Any:
@@ -143,6 +148,13 @@ class GGUFModel:
                 if not k.startswith("GGUF.") and k not in _BIG_ARRAYS
             }
         return self._meta
+
+    def drop_vocabulary(self) -> None:
+        """Forget the vocabulary arrays (tokens, scores, types, merges) once the tokenizer is
+        built: tens of MB of Python strings otherwise held while the weights are read."""
+        self.config()
+        for key in _BIG_ARRAYS:
+            self.file.fields.pop(key, None)
 
     @property
     def arch(self) -> str:
@@ -188,7 +200,13 @@ class GGUFModel:
         return int(value) if value is not None else None
 
     def config(self) -> dict[str, Any]:
-        """An HF `config.json` dict for the model (LLaMA family or GPT-2)."""
+        """An HF `config.json` dict for the model (LLaMA family or GPT-2); made once, before
+        `drop_vocabulary`, and a fresh copy each call."""
+        if self._config is None:
+            self._config = self._make_config()
+        return copy.deepcopy(self._config)
+
+    def _make_config(self) -> dict[str, Any]:
         arch = self.arch
         names = set(self.tensor_names)
         n_vocab = self.arch_field("vocab_size")
@@ -338,41 +356,66 @@ class GGUFModel:
         self, dtype: Any = np.float32, progress: Progress | None = None
     ) -> Iterator[tuple[str, np.ndarray]]:
         """Yield (HF name, array) for every tensor, dequantized to `dtype` and un-permuted."""
+        weights = self.lazy_weights(dtype, progress)
+        for hf in list(weights):
+            yield hf, weights.pop(hf)
+
+    def lazy_weights(
+        self, dtype: Any = np.float32, progress: Progress | None = None
+    ) -> LazyWeights:
+        """Every tensor under its HF name, read (dequantized to `dtype`, un-permuted) when it
+        is looked up."""
         cfg = self.config()
         dtype = np.dtype(dtype)
-        tensors = self.file.tensors
-        total = sum(t.n_bytes for t in tensors) or 1
-        done = 0
-        for t in tensors:
-            if t.name in ("rope_freqs.weight", "rope_factors_long.weight",
-                          "rope_factors_short.weight"):  # read into the config (RoPE)
+        tensors: dict[str, LazyTensor] = {}
+        for t in self.file.tensors:
+            if t.name in _ROPE_TENSORS:  # read into the config (RoPE)
                 continue
             hf = self.hf_name(t.name)
             if hf is None:
                 raise ModelLoadError(
                     f"GGUF tensor {t.name!r} has no HF equivalent for {self.arch}: {self.path}"
                 )
-            try:
-                arr = self.file.array(t)
-            except NotImplementedError as exc:
-                raise ModelLoadError(
-                    f"GGUF tensor type {t.qtype.name} is not supported ({t.name}): {self.path}"
-                ) from exc
-            if arr.dtype != dtype:
-                arr = arr.astype(dtype)
-            if cfg["model_type"] == "llama":
-                if hf.endswith("q_proj.weight") or hf.endswith("q_proj.bias"):
-                    arr = unpermute_qk(arr, cfg["num_attention_heads"])
-                elif hf.endswith("k_proj.weight") or hf.endswith("k_proj.bias"):
-                    arr = unpermute_qk(arr, cfg["num_key_value_heads"])
-            elif self.arch in GEMMA_ARCHES and hf.endswith("norm.weight"):
-                arr = arr - np.asarray(1.0, dtype=arr.dtype)  # stored as 1 + weight
-            elif hf.endswith(_GPT2_CONV1D):
-                arr = np.ascontiguousarray(arr.T)
-            done += t.n_bytes
-            if progress is not None:
-                progress(done / total, t.name)
-            yield hf, arr
+            shape = tuple(t.shape)[::-1] if hf.endswith(_GPT2_CONV1D) else tuple(t.shape)
+            as_stored = dtype == np.float32 and not self._transformed(hf, cfg)
+            tensors[hf] = LazyTensor(shape, partial(self._read, t, hf, cfg, dtype),
+                                     partial(self._read_into, t) if as_stored else None)
+        return LazyWeights(tensors, progress)
+
+    def _read_into(self, t: GGUFTensorInfo, out: np.ndarray) -> None:
+        try:
+            self.file.array_into(t, out)
+        except NotImplementedError as exc:
+            raise self._unsupported(t) from exc
+
+    def _unsupported(self, t: GGUFTensorInfo) -> ModelLoadError:
+        return ModelLoadError(
+            f"GGUF tensor type {t.qtype.name} is not supported ({t.name}): {self.path}")
+
+    def _transformed(self, hf: str, cfg: dict[str, Any]) -> bool:
+        """Whether `_read` changes the tensor after dequantizing it."""
+        if cfg["model_type"] == "llama":
+            return hf.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias"))
+        if self.arch in GEMMA_ARCHES:
+            return hf.endswith("norm.weight")
+        return hf.endswith(_GPT2_CONV1D)
+
+    def _read(self, t: GGUFTensorInfo, hf: str, cfg: dict[str, Any], dtype: np.dtype
+              ) -> np.ndarray:
+        try:
+            arr = self.file.array(t)
+        except NotImplementedError as exc:
+            raise self._unsupported(t) from exc
+        if arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        if not self._transformed(hf, cfg):
+            return arr
+        if cfg["model_type"] == "llama":
+            heads = cfg["num_attention_heads" if ".q_proj." in hf else "num_key_value_heads"]
+            return unpermute_qk(arr, heads)
+        if self.arch in GEMMA_ARCHES:
+            return arr - np.asarray(1.0, dtype=arr.dtype)  # stored as 1 + weight
+        return np.ascontiguousarray(arr.T)
 
     def weights(
         self, dtype: Any = np.float32, progress: Progress | None = None

@@ -7,8 +7,9 @@ and the end-of-generation ids. Native backends consume it; `lampchat convert` wr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,14 @@ from engine.chat_template import ChatTemplate, end_of_turn_ids, fallback_templat
 from engine.errors import ModelLoadError, UnknownFormatError
 from engine.formats import hf_folder
 from engine.formats.detect import detect_format
+from engine.formats.lazy_weights import LazyTensor, LazyWeights
 from engine.formats.pytorch import iter_pytorch, pytorch_files
-from engine.formats.safetensors_io import iter_safetensors, read_header
+from engine.formats.safetensors_io import (
+    cast_float,
+    iter_safetensors,
+    lazy_safetensors,
+    read_header,
+)
 from engine.tokenizer import load_tokenizer_json, tokenizer_from_gguf_vocab, vocab_from_gguf_fields
 
 Progress = Callable[[float, str], None]
@@ -30,7 +37,8 @@ class LoadedModel:
     """A checkpoint in memory: HF config, HF-named weights, tokenizer and chat template."""
 
     config: dict[str, Any]
-    weights: dict[str, np.ndarray]
+    weights: MutableMapping[str, np.ndarray]
+    """A dict, or `LazyWeights` read as taken (`load_model(lazy=True)`)."""
     tokenizer: Any  # tokenizers.Tokenizer | None
     template: ChatTemplate
     eos_token_ids: list[int]
@@ -47,31 +55,38 @@ class LoadedModel:
     @property
     def n_params(self) -> int:
         """Number of weights."""
+        if isinstance(self.weights, LazyWeights):
+            return self.weights.n_elements()
         return sum(int(a.size) for a in self.weights.values())
 
 
 def load_model(
-    path: str | Path, progress: Progress | None = None, dtype: Any = np.float32
+    path: str | Path, progress: Progress | None = None, dtype: Any = np.float32,
+    lazy: bool = False,
 ) -> LoadedModel:
     """Load the model at `path` (file or folder), whatever its format.
 
-    Floating-point weights come back as `dtype` (float32 or float16). Raises ModelLoadError,
-    UnknownFormatError or UnsafeCheckpointError with a one-line message.
+    Floating-point weights come back as `dtype` (float32 or float16); with `lazy`, as
+    `LazyWeights`, each dequantized or cast only when taken (`progress` then follows the
+    reads). Raises ModelLoadError, UnknownFormatError or UnsafeCheckpointError with a
+    one-line message.
     """
     info = detect_format(path)
     if info.format == "gguf":
-        return load_gguf(info.path, progress, dtype)
+        return load_gguf(info.path, progress, dtype, lazy)
     if info.format == "safetensors":
-        return load_hf(info.path, progress, dtype, "safetensors")
+        return load_hf(info.path, progress, dtype, "safetensors", lazy)
     if info.format == "pytorch":
-        return load_hf(info.path, progress, dtype, "pytorch")
+        return load_hf(info.path, progress, dtype, "pytorch", lazy)
     raise UnknownFormatError(
         f"{info.format} models are not read by this loader (use the {info.format} backend): "
         f"{info.path}"
     )
 
 
-def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.float32) -> LoadedModel:
+def load_gguf(
+    path: Path, progress: Progress | None = None, dtype: Any = np.float32, lazy: bool = False
+) -> LoadedModel:
     """Load a GGUF file: dequantized, un-permuted weights under HF names."""
     # imports gguf (0.1 s): only when a GGUF file is read
     from engine.formats.gguf_reader import GGUFModel
@@ -93,10 +108,12 @@ def load_gguf(path: Path, progress: Progress | None = None, dtype: Any = np.floa
     eos_ids += [i for i in end_of_turn_ids(template, index.get) if i not in eos_ids]
     if not eos_ids and config.get("eos_token_id") is not None:
         eos_ids = [int(config["eos_token_id"])]
-    weights = model.weights(dtype, progress)
     metadata = model.metadata
     if vocab is not None:
         metadata = {**metadata, "tokenizer.ggml.add_bos_token": vocab.add_bos}
+    del vocab, tokens, index
+    model.drop_vocabulary()  # in the tokenizer now: not held while the weights are read
+    weights = model.lazy_weights(dtype, progress) if lazy else model.weights(dtype, progress)
     return LoadedModel(
         config=config,
         weights=weights,
@@ -116,9 +133,10 @@ HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma
 
 def load_hf(
     path: Path, progress: Progress | None = None, dtype: Any = np.float32,
-    fmt: str = "safetensors",
+    fmt: str = "safetensors", lazy: bool = False,
 ) -> LoadedModel:
-    """Load an HF-style folder (or a lone weights file next to its config.json)."""
+    """Load an HF-style folder (or a lone weights file next to its config.json). With `lazy`,
+    safetensors stay mapped and are cast (bfloat16 included) only when taken."""
 
     folder = path if path.is_dir() else path.parent
     config = hf_folder.read_config(folder)
@@ -131,7 +149,8 @@ def load_hf(
     files = [path] if path.is_file() else _weight_files(folder, fmt)
     if not files:
         raise ModelLoadError(f"model folder holds no {fmt} weights: {folder}")
-    weights: dict[str, np.ndarray] = {}
+    weights: MutableMapping[str, np.ndarray] = {}
+    lazy_tensors: dict[str, LazyTensor] = {}
     stored: dict[str, int] = {}  # elements per stored dtype, before any cast
     want = np.dtype(dtype) if dtype is not None else None
     for i, file in enumerate(files):
@@ -142,13 +161,20 @@ def load_hf(
                 if key != "__metadata__":
                     size = int(np.prod([int(d) for d in info["shape"]]))
                     stored[str(info["dtype"])] = stored.get(str(info["dtype"]), 0) + size
+        if lazy and fmt == "safetensors":
+            lazy_tensors.update(lazy_safetensors(file, want))
+            continue
         for name, arr in _iter_file(file, fmt, None, progress, span):
             if fmt != "safetensors":
                 stored[arr.dtype.name] = stored.get(arr.dtype.name, 0) + int(arr.size)
-            if want is not None and arr.dtype.kind == "f" and arr.dtype != want:
-                arr = arr.astype(want)
-            weights[name] = arr
-    weights = normalize_names(weights, str(model_type))
+            if lazy:
+                lazy_tensors[name] = LazyTensor(tuple(arr.shape), partial(cast_float, arr, want))
+            else:
+                weights[name] = cast_float(arr, want)
+    if lazy:
+        weights = LazyWeights(normalize_names(lazy_tensors, str(model_type)), progress)
+    else:
+        weights = normalize_names(weights, str(model_type))
     tok_path = folder / "tokenizer.json"
     tokenizer = load_tokenizer_json(tok_path) if tok_path.is_file() else None
     quant = _quant_name(stored)
@@ -182,15 +208,15 @@ def _iter_file(
     return iter_pytorch(file, dtype, progress, span)
 
 
-def normalize_names(weights: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+def normalize_names(weights: dict[str, Any], model_type: str) -> dict[str, Any]:
     """HF names as the native engine expects them (GPT-2 without the "transformer." prefix and
-    without its causal-mask buffers)."""
+    without its causal-mask buffers); values are arrays or `LazyTensor`s."""
     if model_type != "gpt2":
         return weights
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for name, arr in weights.items():
         short = name.removeprefix("transformer.")
-        if short.endswith((".attn.bias", ".attn.masked_bias")) and arr.ndim == 4:
+        if short.endswith((".attn.bias", ".attn.masked_bias")) and len(arr.shape) == 4:
             continue  # the causal mask buffer of old GPT-2 checkpoints
         out[short] = arr
     return out

@@ -10,12 +10,15 @@ import json
 import math
 import struct
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.formats.lazy_weights import LazyTensor
+from engine.memory import release_pages
 
 Progress = Callable[[float, str], None]
 
@@ -103,6 +106,45 @@ def tensor_names(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
+def cast_float(arr: np.ndarray, dtype: Any = None, bf16: bool = False) -> np.ndarray:
+    """`arr` with floating-point values as `dtype` (a copy when it differs); `bf16`: its
+    uint16 values are bfloat16 bits, widened first."""
+    out = bf16_to_f32(arr) if bf16 else arr
+    if dtype is not None and out.dtype.kind == "f" and out.dtype != np.dtype(dtype):
+        out = out.astype(dtype)
+    return out
+
+
+def lazy_safetensors(path: Path, dtype: Any = None) -> Iterator[tuple[str, LazyTensor]]:
+    """Yield (name, tensor read when asked) from a safetensors file: mapped, cast as
+    `iter_safetensors` casts only when read."""
+    header, start = read_header(path)
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    mm = np.memmap(path, dtype=np.uint8, mode="r") if entries else None
+    want = np.dtype(dtype) if dtype is not None else None
+    for name, info in entries:
+        begin, end = (int(o) for o in info["data_offsets"])
+        shape = tuple(int(d) for d in info["shape"])
+        assert mm is not None
+        arr = mm[start + begin : start + end].view(DTYPES[info["dtype"]]).reshape(shape)
+        bf16 = info["dtype"] == "BF16"
+        direct = want == np.float32 and (bf16 or arr.dtype.kind == "f")
+        yield name, LazyTensor(shape, partial(cast_float, arr, dtype, bf16),
+                               partial(_read_into, arr, bf16) if direct else None)
+
+
+def _read_into(arr: np.ndarray, bf16: bool, out: np.ndarray) -> None:
+    """Write a mapped tensor into float32 `out` with no copy in between (bfloat16 widened in
+    place), then drop its mapped pages."""
+    if bf16:
+        bits = out.view(np.uint32)
+        bits[...] = arr
+        bits <<= 16
+    else:
+        out[...] = arr
+    release_pages(arr)
+
+
 def iter_safetensors(
     path: Path, dtype: Any = None, progress: Progress | None = None,
     progress_range: tuple[float, float] = (0.0, 1.0),
@@ -112,22 +154,12 @@ def iter_safetensors(
     Floating-point tensors are cast to `dtype` when given (a copy); bfloat16 always becomes
     float32 (or `dtype`). Other tensors keep their dtype.
     """
-    header, start = read_header(path)
-    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
-    mm = np.memmap(path, dtype=np.uint8, mode="r") if entries else None
+    tensors = list(lazy_safetensors(path, dtype))
     lo, hi = progress_range
-    want = np.dtype(dtype) if dtype is not None else None
-    for n, (name, info) in enumerate(entries, 1):
-        begin, end = (int(o) for o in info["data_offsets"])
-        shape = tuple(int(d) for d in info["shape"])
-        assert mm is not None
-        arr = mm[start + begin : start + end].view(DTYPES[info["dtype"]]).reshape(shape)
-        if info["dtype"] == "BF16":
-            arr = bf16_to_f32(arr)
-        if want is not None and arr.dtype.kind == "f" and arr.dtype != want:
-            arr = arr.astype(want)
+    for n, (name, tensor) in enumerate(tensors, 1):
+        arr = tensor.read()
         if progress is not None:
-            progress(lo + (hi - lo) * n / len(entries), name)
+            progress(lo + (hi - lo) * n / len(tensors), name)
         yield name, arr
 
 

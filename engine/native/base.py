@@ -2,74 +2,69 @@
 
 from __future__ import annotations
 
-import ctypes
-import mmap
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, MutableMapping
 
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.formats.lazy_weights import LazyWeights
+from engine.memory import is_mapped, release_pages
 from engine.native.kv_cache import KVCache
 from engine.native.ops import NUMPY_OPS, NumpyOps
 
 Weights = MutableMapping[str, np.ndarray]
-_MADV_DONTNEED = 4
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 BuildProgress = Callable[[float], None]
 
 
-def _is_mapped(array: np.ndarray) -> bool:
-    base: object = array
-    while isinstance(base, np.ndarray):
-        if isinstance(base, np.memmap):
-            return True
-        base = base.base
-    return isinstance(base, mmap.mmap)
+def _check_shape(weights: Weights, name: str, shape: tuple[int, ...] | None) -> None:
+    if name not in weights:
+        raise ModelLoadError(f"the checkpoint has no tensor {name!r}")
+    if shape is not None:
+        found = weights.shape(name) if isinstance(weights, LazyWeights) else weights[name].shape
+        if tuple(found) != shape:
+            raise ModelLoadError(
+                f"tensor {name!r} has shape {tuple(found)}, expected {shape} from the config"
+            )
 
 
-def release_pages(array: np.ndarray) -> None:
-    """Drop a memory-mapped array's pages from this process's resident set (Linux).
-
-    The file's data stays in the page cache and is read back if touched again; this only
-    keeps a copied checkpoint from being counted twice in RSS while a model loads.
-    """
-    if sys.platform != "linux" or not _is_mapped(array) or _LIBC is None:
-        return
-    start = array.__array_interface__["data"][0]
-    end = start + array.nbytes
-    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
-    last = end // mmap.PAGESIZE * mmap.PAGESIZE
-    if last > first:
-        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)
+def _pop(weights: Weights, name: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    _check_shape(weights, name, shape)
+    return weights.pop(name)
 
 
 def take(
-    weights: Weights, name: str, shape: tuple[int, ...] | None = None, copy: bool = True
+    weights: Weights, name: str, shape: tuple[int, ...] | None = None, transpose: bool = False
 ) -> np.ndarray:
-    """Remove `name` from `weights` and return it as a contiguous float32 array in memory.
+    """Remove `name` from `weights` and return it as a contiguous float32 array in memory
+    (`transpose`d when asked).
 
     Removing it lets the loader's copy be freed as soon as the model holds its own. A
-    memory-mapped tensor is copied out (and its mapped pages released) unless `copy` is
-    False, for callers that copy it themselves (e.g. by concatenating) and then call
-    `release_pages`.
+    memory-mapped tensor is copied out (and its mapped pages released). Lazy weights are
+    read here, straight into the returned array where their reader can.
     """
-    try:
-        array = weights.pop(name)
-    except KeyError:
-        raise ModelLoadError(f"the checkpoint has no tensor {name!r}") from None
-    if shape is not None and tuple(array.shape) != shape:
-        raise ModelLoadError(
-            f"tensor {name!r} has shape {tuple(array.shape)}, expected {shape} from the config"
-        )
-    if not copy:
-        return array
-    if _is_mapped(array) or not array.flags.c_contiguous or array.dtype != np.float32:
+    if isinstance(weights, LazyWeights):
+        _check_shape(weights, name, shape)
+        found = weights.shape(name)
+        out = np.empty(found[::-1] if transpose else found, dtype=np.float32)
+        _take_into(weights, name, out, transpose)
+        return out
+    array = _pop(weights, name, shape)
+    if transpose:
+        array = array.T
+    if is_mapped(array) or not array.flags.c_contiguous or array.dtype != np.float32:
         out = np.array(array, dtype=np.float32, order="C")
         release_pages(array)
         return out
     return array
+
+
+def _take_into(weights: Weights, name: str, out: np.ndarray, transpose: bool = False) -> None:
+    """Pop `name` into `out`: read straight into it when the weights can, else copied."""
+    if transpose or not (isinstance(weights, LazyWeights) and weights.pop_into(name, out)):
+        array = weights.pop(name)
+        out[...] = array.T if transpose else array
+        release_pages(array)
 
 
 def take_optional(weights: Weights, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
@@ -77,13 +72,37 @@ def take_optional(weights: Weights, name: str, shape: tuple[int, ...]) -> np.nda
     return take(weights, name, shape) if name in weights else None
 
 
-def fuse(weights: Weights, names: list[str], shapes: list[tuple[int, ...]]) -> np.ndarray:
-    """Take several `(rows, cols)` tensors and stack their rows into one float32 matrix."""
-    parts = [take(weights, n, s, copy=False) for n, s in zip(names, shapes, strict=True)]
-    fused = np.concatenate(parts, axis=0, dtype=np.float32)
-    for part in parts:
-        release_pages(part)
-    return fused
+def fuse(
+    weights: Weights, names: list[str], shapes: list[tuple[int, ...]], fused: str | None = None
+) -> np.ndarray:
+    """Take several `(rows, cols)` tensors and stack their rows into one float32 matrix, one
+    at a time; or take `fused`, when the checkpoint holds them already stacked under it."""
+    rows = sum(shape[0] for shape in shapes)
+    if fused is not None and fused in weights:
+        return take(weights, fused, (rows, *shapes[0][1:]))
+    if fused is not None and names[0] not in weights:
+        raise ModelLoadError(f"the checkpoint has no tensor {fused!r} (nor {names[0]!r})")
+    out = np.empty((rows, *shapes[0][1:]), dtype=np.float32)
+    row = 0
+    for name, shape in zip(names, shapes, strict=True):
+        _check_shape(weights, name, shape)
+        _take_into(weights, name, out[row : row + shape[0]])
+        row += shape[0]
+    return out
+
+
+def rename(weights: Weights, old: str, new: str) -> None:
+    """Give a tensor another name, without reading it."""
+    if isinstance(weights, LazyWeights):
+        weights.rename(old, new)
+    else:
+        weights[new] = weights.pop(old)
+
+
+def discard(weights: Weights, name: str) -> None:
+    """Drop `name` from `weights` if present, without reading it."""
+    if name in weights:
+        del weights[name]
 
 
 def config_int(config: dict, *keys: str, default: int | None = None) -> int:

@@ -15,7 +15,16 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
-from engine.native.base import BuildProgress, NativeModel, Weights, config_int, count_params, take
+from engine.native.base import (
+    BuildProgress,
+    NativeModel,
+    Weights,
+    config_int,
+    count_params,
+    discard,
+    rename,
+    take,
+)
 from engine.native.kv_cache import KVCache
 from engine.native.ops import NumpyOps
 
@@ -79,7 +88,7 @@ class GPT2Layer:
 
 def _conv1d(weights: Weights, name: str, n_in: int, n_out: int) -> np.ndarray:
     """A Conv1D weight `[in, out]`, transposed to a contiguous `(out, in)`."""
-    return np.ascontiguousarray(take(weights, name, (n_in, n_out)).T)
+    return take(weights, name, (n_in, n_out), transpose=True)
 
 
 class GPT2Model(NativeModel):
@@ -98,9 +107,10 @@ class GPT2Model(NativeModel):
         cfg = self.cfg = GPT2Config.from_hf(config)
         ops = self.ops
         for name in list(weights):
-            array = weights.pop(name)
-            if not name.endswith(_IGNORED_SUFFIXES):
-                weights[name.removeprefix("transformer.")] = array
+            if name.endswith(_IGNORED_SUFFIXES):
+                del weights[name]
+            elif name.startswith("transformer."):
+                rename(weights, name, name.removeprefix("transformer."))
         d, f = cfg.n_embd, cfg.n_inner
         self.vocab_size, self.n_layers = cfg.vocab_size, cfg.n_layer
         self.n_kv_heads, self.head_dim = cfg.n_head, d // cfg.n_head
@@ -132,7 +142,7 @@ class GPT2Model(NativeModel):
         self.ln_f_w = ops.prepare(take(weights, "ln_f.weight", (d,)))
         self.ln_f_b = ops.prepare(take(weights, "ln_f.bias", (d,)))
         if cfg.tie_word_embeddings:
-            weights.pop("lm_head.weight", None)
+            discard(weights, "lm_head.weight")
             self.lm_head = ops.prepare(self.embed)
         else:  # an LM head of its own (tie_word_embeddings: false)
             if "lm_head.weight" not in weights:

@@ -22,6 +22,7 @@ from engine.native.base import (
     config_int,
     count_params,
     cpu_only,
+    discard,
     fuse,
     take,
     take_optional,
@@ -261,10 +262,11 @@ class LlamaModel(NativeModel):
             p = f"model.layers.{i}."
             attn = p + "self_attn."
             wqkv = fuse(weights, [attn + "q_proj.weight", attn + "k_proj.weight",
-                                  attn + "v_proj.weight"], [(q_dim, d), (kv_dim, d), (kv_dim, d)])
+                                  attn + "v_proj.weight"], [(q_dim, d), (kv_dim, d), (kv_dim, d)],
+                        fused=attn + "qkv_proj.weight")  # Phi-3 stores them fused
             f = cfg.intermediate_size
             w_gate_up = fuse(weights, [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"],
-                             [(f, d), (f, d)])
+                             [(f, d), (f, d)], fused=p + "mlp.gate_up_proj.weight")
             bqkv = bo = b_gate_up = b_down = None
             if cfg.attention_bias:
                 bqkv = _biases(weights, p + "self_attn.", ("q", "k", "v"), (q_dim, kv_dim, kv_dim))
@@ -296,7 +298,7 @@ class LlamaModel(NativeModel):
         self.embed = embed
         self.norm = ops.prepare(take(weights, "model.norm.weight", (d,)))
         if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
-            weights.pop("lm_head.weight", None)
+            discard(weights, "lm_head.weight")
             lm_head = embed
         else:
             lm_head = take(weights, "lm_head.weight", (cfg.vocab_size, d))

@@ -38,11 +38,11 @@ def split_fused(config: dict[str, Any], weights: Weights) -> None:
 
 
 class Phi3Model(LlamaModel):
-    """A Phi-3 decoder: its fused weights split, then LlamaModel."""
+    """A Phi-3 decoder: LlamaModel, which takes the fused `qkv_proj` and `gate_up_proj` as
+    they are stored."""
 
     arch = "phi3"
 
     def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
                  progress: BuildProgress | None = None) -> None:
-        split_fused(config, weights)
         super().__init__(config, weights, ops, progress)

@@ -14,7 +14,13 @@ from engine.formats.loader import load_model
 from engine.native import build_model
 from tests.support.references import llama_cpp_logits, native_logits
 from tests.support.tiny_gguf import write_gpt2_gguf, write_llama_gguf
-from tests.support.tiny_models import llama_config, llama_weights, mlx_logits, write_folder
+from tests.support.tiny_models import (
+    llama_config,
+    llama_weights,
+    mlx_logits,
+    phi3_folder,
+    write_folder,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -222,26 +228,10 @@ def test_mlx_lm_is_given_the_rope_base_transformers_v5_writes_under_rope_paramet
     assert_same_logits(net.forward(tokens, net.new_cache(32), 0, all_logits=True), reference)
 
 
-def _phi3_folder(folder: Path, **overrides) -> Path:
-    """A Phi-3 folder (fused qkv_proj and gate_up_proj, untied head) as transformers writes
-    it."""
-    config = llama_config(**{"model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
-                             "tie_word_embeddings": False, "sliding_window": None,
-                             "original_max_position_embeddings": 128, **overrides})
-    weights = llama_weights(config)
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        weights[p + "self_attn.qkv_proj.weight"] = np.concatenate(
-            [weights.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
-        weights[p + "mlp.gate_up_proj.weight"] = np.concatenate(
-            [weights.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
-    return write_folder(folder, config, weights)
-
-
 def test_phi3_folder_matches_mlx_lm(tmp_path: Path) -> None:
     from engine.registry import readers
 
-    folder = _phi3_folder(tmp_path / "phi3")
+    folder = phi3_folder(tmp_path / "phi3")
     loaded = load_model(folder)
     net = build_model(loaded.config, loaded.weights)
     tokens = np.array([1, 5, 7, 99, 200, 3, 4, 5, 6, 7, 8, 9, 250, 17])
@@ -269,7 +259,7 @@ def test_phi3_longrope_folder_matches_mlx_lm_and_bad_factors_are_refused(tmp_pat
     half = 8  # head_dim 16
     rope = {"type": "longrope", "short_factor": np.linspace(1, 2, half).tolist(),
             "long_factor": np.geomspace(1, 30, half).tolist()}
-    folder = _phi3_folder(tmp_path / "phi3", rope_scaling=rope, max_position_embeddings=512,
+    folder = phi3_folder(tmp_path / "phi3", rope_scaling=rope, max_position_embeddings=512,
                           original_max_position_embeddings=64)
     loaded = load_model(folder)
     net = build_model(loaded.config, loaded.weights)

@@ -170,6 +170,31 @@ def test_loader_dequantizes_and_unpermutes_each_tensor(ggml: ctypes.CDLL, tmp_pa
     assert np.abs(q - hf["model.layers.0.self_attn.q_proj.weight"]).mean() < 0.1
     half = load_model(path, dtype=np.float16)
     assert half.weights["model.norm.weight"].dtype == np.float16
+    lazy = load_model(path, lazy=True).weights  # as the native backend reads them
+    direct = 0
+    for name, ref in expected.items():
+        out = np.empty(lazy.shape(name), dtype=np.float32)
+        if lazy.pop_into(name, out):  # dequantized straight into `out`
+            direct += 1
+        else:  # q/k, un-permuted after dequantizing
+            out = lazy.pop(name)
+        np.testing.assert_array_equal(out, ref, err_msg=name)
+    assert direct == len(expected) - 2
+
+
+def test_a_tensor_type_it_cannot_dequantize_is_refused_by_name(tmp_path: Path) -> None:
+    q8_1 = gguf.GGMLQuantizationType.Q8_1
+    block, size = gguf.GGML_QUANT_SIZES[q8_1]
+    path = tmp_path / "q8_1.gguf"
+    _write_llama_gguf(path, {
+        "token_embd.weight": (np.zeros((64, 256 // block * size), np.uint8), q8_1),
+        "output_norm.weight": (np.ones(256, np.float32), None)})
+    refusal = r"GGUF tensor type Q8_1 is not supported \(token_embd.weight\)"
+    with pytest.raises(ModelLoadError, match=refusal):
+        load_model(path)
+    lazy = load_model(path, lazy=True).weights  # reads nothing yet
+    with pytest.raises(ModelLoadError, match=refusal):
+        lazy.pop_into("model.embed_tokens.weight", np.empty((64, 256), dtype=np.float32))
 
 
 def test_permutation_round_trip() -> None:

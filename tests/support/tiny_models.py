@@ -91,6 +91,22 @@ def write_folder(folder: Path, config: dict[str, Any], weights: dict[str, np.nda
     return folder
 
 
+def phi3_folder(folder: Path, **overrides: Any) -> Path:
+    """A Phi-3 folder (fused qkv_proj and gate_up_proj, untied head) as transformers writes
+    it."""
+    config = llama_config(**{"model_type": "phi3", "architectures": ["Phi3ForCausalLM"],
+                             "tie_word_embeddings": False, "sliding_window": None,
+                             "original_max_position_embeddings": 128, **overrides})
+    weights = llama_weights(config)
+    for i in range(config["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        weights[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+            [weights.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+        weights[p + "mlp.gate_up_proj.weight"] = np.concatenate(
+            [weights.pop(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")])
+    return write_folder(folder, config, weights)
+
+
 def mlx_logits(folder: Path, tokens: np.ndarray) -> np.ndarray:
     """Logits `(T, vocab)` of mlx-lm's own implementation loading the same folder."""
     mx, mlx_utils = mlx_modules()
