@@ -64,7 +64,10 @@ class KVStateStore:
         self.cap_bytes = cap_bytes
         self._memory: OrderedDict[str, tuple[dict[str, Any], KVState]] = OrderedDict()
         self._lock = threading.Lock()
-        self._writers: list[threading.Thread] = []
+        self._pending: dict[str, tuple[dict[str, Any], KVState]] = {}
+        """States waiting for the writer; a newer one replaces one not yet written."""
+        self._writer: threading.Thread | None = None
+        self._deleted: set[str] = set()
 
     def _file(self, conversation: str) -> Path | None:
         return self.directory / f"{conversation}.kvstate" if _SAFE_ID.match(conversation) \
@@ -79,6 +82,8 @@ class KVStateStore:
         if self.cap_bytes <= 0 or self._file(conversation) is None:
             return
         with self._lock:
+            if conversation in self._deleted:  # a reply that ended after its conversation
+                return
             self._memory[conversation] = (identity, state)
             self._memory.move_to_end(conversation)
             while len(self._memory) > IN_MEMORY:
@@ -86,14 +91,29 @@ class KVStateStore:
         if not background:
             self._write(conversation, identity, state)
             return
-        writer = threading.Thread(target=self._write, args=(conversation, identity, state),
-                                  name="lampchat-kv-write", daemon=True)
-        self._writers = [w for w in self._writers if w.is_alive()] + [writer]
-        writer.start()
+        with self._lock:
+            self._pending[conversation] = (identity, state)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name="lampchat-kv-write",
+                                                daemon=True)
+                self._writer.start()
+
+    def _drain(self) -> None:
+        """The writer thread: one state at a time, the latest of each conversation."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._writer = None
+                    return
+                conversation = next(iter(self._pending))
+                identity, state = self._pending.pop(conversation)
+            self._write(conversation, identity, state)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for the background writes (at exit)."""
-        for writer in self._writers:
+        with self._lock:
+            writer = self._writer
+        if writer is not None:
             writer.join(timeout)
 
     def _write(self, conversation: str, identity: dict[str, Any], state: KVState) -> None:
@@ -114,6 +134,9 @@ class KVStateStore:
             except BaseException:
                 with_suppressed(os.unlink, tmp)
                 raise
+            with self._lock:
+                if conversation in self._deleted:  # deleted while this was being written
+                    with_suppressed(path.unlink)
             self._evict()
         except OSError as exc:
             log.info("could not save the KV state of %s: %s", conversation, exc)
@@ -173,6 +196,8 @@ class KVStateStore:
         """Forget `conversation`'s state (its conversation was deleted)."""
         with self._lock:
             self._memory.pop(conversation, None)
+            self._pending.pop(conversation, None)
+            self._deleted.add(conversation)
         path = self._file(conversation)
         if path is not None:
             with_suppressed(path.unlink)

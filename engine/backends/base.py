@@ -101,6 +101,7 @@ class Backend(ABC):
         self._cancel = threading.Event()
         self.info: ModelInfo | None = None
         self.settings: LoadSettings | None = None
+        self._tokens_memo: tuple[ModelInfo | None, tuple[ChatMessage, ...], list[int]] | None = None
 
     @abstractmethod
     def load(
@@ -130,6 +131,20 @@ class Backend(ABC):
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
         """The tokens `messages` are sent as (None: not known before streaming)."""
         return None
+
+    def tokens_once(
+        self, messages: Sequence[ChatMessage], tokenize: Callable[[Sequence[ChatMessage]], Any]
+    ) -> list[int]:
+        """`tokenize(messages)`, remembered for the next call with the same messages and model:
+        the worker reads a prompt's tokens (to restore a saved state) just before streaming
+        it, and the prompt is rendered and tokenized once, not twice."""
+        key = tuple(messages)
+        memo = self._tokens_memo
+        if memo is not None and memo[0] is self.info and memo[1] == key:
+            return list(memo[2])
+        tokens = list(tokenize(messages))
+        self._tokens_memo = (self.info, key, tokens)
+        return list(tokens)
 
     def cached_tokens(self) -> Sequence[int]:
         """The tokens the KV cache holds now."""

@@ -413,7 +413,9 @@ class LlamaCppBackend(Backend):
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
         """See `Backend.prompt_tokens`."""
-        return self.tokenize_prompt(messages) if self._llm is not None else None
+        if self._llm is None:
+            return None
+        return self.tokens_once(messages, self.tokenize_prompt)
 
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
@@ -469,7 +471,7 @@ class LlamaCppBackend(Backend):
         llm = self._llm
         if llm is None:
             raise LampchatError("no model is loaded")
-        tokens = self.tokenize_prompt(messages)
+        tokens = self.tokens_once(messages, self.tokenize_prompt)
         n_ctx = llm.n_ctx()
         check_context(len(tokens), n_ctx)
         stats.prompt_tokens = len(tokens)

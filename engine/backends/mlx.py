@@ -407,7 +407,9 @@ class MLXBackend(Backend):
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
         """See `Backend.prompt_tokens`."""
-        return self.tokenize_prompt(messages) if self._model is not None else None
+        if self._model is None:
+            return None
+        return self.tokens_once(messages, self.tokenize_prompt)
 
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
@@ -488,7 +490,7 @@ class MLXBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Stream a reply with `mlx_lm.stream_generate`."""
-        tokens = self.tokenize_prompt(messages)
+        tokens = self.tokens_once(messages, self.tokenize_prompt)
         check_context(len(tokens), self._n_ctx)
         stats.prompt_tokens = len(tokens)
         ids = self.generate_ids(tokens, sampling)

@@ -200,7 +200,9 @@ class NativeBackend(Backend):
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
         """See `Backend.prompt_tokens`."""
-        return self.tokenize_prompt(messages) if self._generator is not None else None
+        if self._generator is None:
+            return None
+        return self.tokens_once(messages, self.tokenize_prompt)
 
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
@@ -253,7 +255,7 @@ class NativeBackend(Backend):
         generator = self._generator
         if generator is None:
             raise LampchatError("no model is loaded")
-        tokens = self.tokenize_prompt(messages)
+        tokens = self.tokens_once(messages, self.tokenize_prompt)
         n_ctx = generator.n_ctx
         check_context(len(tokens), n_ctx)
         stats.prompt_tokens = len(tokens)

@@ -435,7 +435,9 @@ class OnnxBackend(Backend):
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
         """See `Backend.prompt_tokens`."""
-        return self.tokenize_prompt(messages) if self._session is not None else None
+        if self._session is None:
+            return None
+        return self.tokens_once(messages, self.tokenize_prompt)
 
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
@@ -512,7 +514,7 @@ class OnnxBackend(Backend):
         self, messages: Sequence[ChatMessage], sampling: SamplingParams, stats: StreamStats
     ) -> Iterator[Piece]:
         """Prefill the prompt (reusing the cached prefix), then decode token by token."""
-        tokens = self.tokenize_prompt(messages)
+        tokens = self.tokens_once(messages, self.tokenize_prompt)
         check_context(len(tokens), self._n_ctx)
         stats.prompt_tokens = len(tokens)
         ids = self.generate_ids(tokens, sampling)

@@ -58,8 +58,12 @@ async def test_a_resumed_conversation_restores_its_state_and_answers_the_same(
     follow = [*FIRST, ChatMessage("assistant", reply.text), ChatMessage("user", "And then?")]
 
     resumed = await _fresh(backend, model, KVStateStore(tmp_path / "kv", 512 << 20))
+    rendered: list[int] = []
+    tokenize = resumed.backend.tokenize_prompt
+    resumed.backend.tokenize_prompt = lambda m: rendered.append(len(m)) or tokenize(m)
     restored = await _reply(resumed, follow, "conv1")
     await resumed.close()
+    assert rendered == [len(follow)]  # once, for the state's prefix and the reply both
     cold = await _fresh(backend, model, None)
     reference = await _reply(cold, follow)
     await cold.close()
@@ -103,6 +107,53 @@ def test_the_cap_evicts_the_least_recently_used_and_delete_forgets(tmp_path: Pat
     fresh.delete("c")
     assert fresh.load("c", identity) is None and not (tmp_path / "c.kvstate").exists()
     assert store._file("../escape") is None  # ids never name a path outside the store
+
+
+def test_one_writer_writes_the_latest_state_and_never_one_of_a_deleted_conversation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """States saved while the writer is busy are coalesced: the latest of each conversation
+    is written, the ones it replaced never are; a conversation deleted while its state is
+    being written is left with no file."""
+    import os
+    import threading
+
+    import engine.kv_store as kv_store
+
+    writing, release = threading.Event(), threading.Event()
+    written: list[str] = []
+    replace = os.replace
+
+    def slow_replace(src: str, dst: str) -> None:
+        written.append(Path(dst).name)
+        writing.set()
+        assert release.wait(10)
+        replace(src, dst)
+
+    monkeypatch.setattr(kv_store.os, "replace", slow_replace)
+    store = KVStateStore(tmp_path, cap_bytes=1 << 20)
+    identity = model_identity(str(tmp_path), "native", n_ctx=8)
+    store.save("a", identity, KVState((1,), b"first"))
+    assert writing.wait(10)  # the writer holds a's first state
+    for n in range(2, 5):
+        store.save("a", identity, KVState(tuple(range(n)), b"newer"))
+    store.save("b", identity, KVState((1,), b"b"))
+    store.delete("b")  # before its turn: never written
+    release.set()
+    store.flush()
+    assert written == ["a.kvstate", "a.kvstate"]
+    assert KVStateStore(tmp_path, 1 << 20).load("a", identity) == KVState((0, 1, 2, 3), b"newer")
+
+    writing.clear()
+    release.clear()
+    store.save("c", identity, KVState((1,), b"c"))
+    assert writing.wait(10)
+    store.delete("c")  # while its file is being written
+    release.set()
+    store.flush()
+    assert not (tmp_path / "c.kvstate").exists()
+    store.save("c", identity, KVState((1, 2), b"c"))  # a reply that ended after the delete
+    store.flush()
+    assert not (tmp_path / "c.kvstate").exists()
 
 
 def test_a_state_of_another_model_file_is_never_used(tmp_path: Path) -> None:
