@@ -101,11 +101,16 @@ class Message:
         """What a backend sees."""
         return ChatMessage(self.role, self.content)  # type: ignore[arg-type]
 
+    def place(self, choice: int | None = None) -> int:
+        """`choice` (default: this version's), as a place among the versions: 0 to the
+        number of alternatives."""
+        return min(max(self.choice if choice is None else choice, 0), len(self.alternatives))
+
     def versions(self) -> list[Message]:
         """Every version of this reply, oldest first, this one (without alternatives)
         included."""
         this = replace(self, alternatives=[], choice=0)
-        choice = min(max(self.choice, 0), len(self.alternatives))
+        choice = self.place()
         return [*self.alternatives[:choice], this, *self.alternatives[choice:]]
 
     def choose(self, index: int) -> None:
@@ -218,7 +223,7 @@ def message_text(message: Message) -> str:
     """`message` as one `[[messages]]` table, as appended to the file."""
     table = _message_table(message)
     if message.alternatives:
-        table["choice"] = min(max(message.choice, 0), len(message.alternatives))
+        table["choice"] = message.place()
         versions = tomlkit.aot()
         for other in message.alternatives:
             versions.append(_message_table(other))
@@ -318,10 +323,8 @@ def _message_from(record: Any, nested: bool = False) -> Message:
             except ValueError as exc:  # the reply itself is fine: only that version is lost
                 log.warning("ignoring alternative %d of a reply: %s", n, exc)
         choice = record.get("choice")
-        if isinstance(choice, int) and not isinstance(choice, bool):
-            message.choice = min(max(choice, 0), len(message.alternatives))
-        else:
-            message.choice = len(message.alternatives)
+        whole = isinstance(choice, int) and not isinstance(choice, bool)
+        message.choice = message.place(choice if whole else len(message.alternatives))
     return message
 
 

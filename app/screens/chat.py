@@ -128,8 +128,10 @@ class ChatScreen(Screen[None]):
                     yield Static("", id="queued", markup=False)
                 yield Static("", id="welcome", markup=False)
                 yield ChatLog(window=app.options.log_window, id="log")
-                yield LineInput(placeholder="Find in this conversation (Enter/↑ older match · ↓ "
-                            "newer · Esc closes)", id="find", compact=True)
+                with Horizontal(id="find-row"):
+                    yield LineInput(placeholder="Find in this conversation (Enter/↑ older match "
+                                    "· ↓ newer · Esc closes)", id="find", compact=True)
+                    yield Static("", id="find-status", markup=False)
                 yield PromptInput(
                     history=app.prompt_history_items(),
                     placeholder="Message (Enter sends · Ctrl+J new line · ↑ earlier prompts)",
@@ -144,7 +146,7 @@ class ChatScreen(Screen[None]):
         self.place_metrics_panel()
         self.query_one("#new-text").display = False
         self.query_one("#queued").display = False
-        self.query_one("#find").display = False
+        self.query_one("#find-row").display = False
         log_view = self.chat_log
         self.watch(log_view, "scroll_y", self._scrolled, init=False)
         self.watch(log_view, "virtual_size", self._scrolled, init=False)
@@ -420,9 +422,8 @@ class ChatScreen(Screen[None]):
             self.app.push_screen(TextPromptScreen("Find in all conversations (empty: show all)",
                                                   self._list_filter, action="finds"), done)
             return
-        find = self.query_one("#find", Input)
-        find.display = True
-        find.focus()
+        self.query_one("#find-row").display = True
+        self.query_one("#find", Input).focus()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "find":
@@ -449,8 +450,7 @@ class ChatScreen(Screen[None]):
             self._find(find.value, -1)
 
     def _close_find(self) -> None:
-        find = self.query_one("#find", Input)
-        find.display = False
+        self.query_one("#find-row").display = False
         for view in self.chat_log.query(MessageView):
             view.remove_class("-match", "-current-match")
         self._find_index = -1
@@ -465,10 +465,10 @@ class ChatScreen(Screen[None]):
         for view in views:
             view.set_class(view in hits, "-match")
             view.remove_class("-current-match")
-        status = self.query_one("#find", Input)
+        status = self.query_one("#find-status", Static)
         if not hits:
             self._find_index = -1
-            status.border_subtitle = "no match" if needle else ""
+            status.update("no match" if needle else "")
             return
         if restart or not 0 <= self._find_index < len(hits):
             self._find_index = len(hits) - 1  # the newest first
@@ -477,8 +477,7 @@ class ChatScreen(Screen[None]):
         current = hits[self._find_index]
         current.add_class("-current-match")
         self.chat_log.scroll_to_widget(current, animate=False, top=True)
-        self.notify(f"{len(hits) - self._find_index} of {len(hits)} messages with "
-                    f"{text.strip()!r}", timeout=2)
+        status.update(f"{len(hits) - self._find_index} of {len(hits)}")
 
     def _scrolled(self) -> None:
         """The "new text below" marker: shown while the view is not at the bottom and there is

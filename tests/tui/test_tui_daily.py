@@ -260,7 +260,7 @@ async def test_regenerating_with_a_fixed_seed_moves_to_the_next_seed(monkeypatch
 
 
 async def test_ctrl_f_finds_text_in_the_conversation(monkeypatch) -> None:
-    from textual.widgets import Input
+    from textual.widgets import Input, Static
 
     from widgets.messages import MessageView
 
@@ -271,8 +271,9 @@ async def test_ctrl_f_finds_text_in_the_conversation(monkeypatch) -> None:
         for text in ("lighthouse one", "nothing here", "the LIGHTHOUSE again"):
             await say(pilot, text)
         await pilot.press("ctrl+f")
-        find = chat.query_one("#find", Input)
-        assert find.display and app.focused is find
+        find, row = chat.query_one("#find", Input), chat.query_one("#find-row")
+        status = chat.query_one("#find-status", Static)
+        assert row.display and app.focused is find
         await pilot.press(*"lighthouse")
         await pilot.pause(0.1)
         marked = [v.data.content for v in chat.query(MessageView) if v.has_class("-match")]
@@ -280,16 +281,20 @@ async def test_ctrl_f_finds_text_in_the_conversation(monkeypatch) -> None:
         current = lambda: [v.data.content for v in chat.query(MessageView)  # noqa: E731
                            if v.has_class("-current-match")]
         assert current() == ["the LIGHTHOUSE again"]  # the newest first
+        assert str(status.render()) == "1 of 2"  # in the bar, not a toast that goes
         await pilot.press("enter")
         await pilot.pause(0.1)
-        assert current() == ["lighthouse one"]
+        assert current() == ["lighthouse one"] and str(status.render()) == "2 of 2"
         assert chat.chat_log.scroll_y < chat.chat_log.max_scroll_y  # scrolled up to it
         await pilot.press("down")
         await pilot.pause(0.1)
         assert current() == ["the LIGHTHOUSE again"]
+        await pilot.press(*"xyz")
+        await pilot.pause(0.1)
+        assert str(status.render()) == "no match" and not current()
         await pilot.press("escape")  # closes the bar, not a reply
         await pilot.pause(0.1)
-        assert not find.display and app.focused is chat.prompt
+        assert not row.display and app.focused is chat.prompt
         assert not [v for v in chat.query(MessageView) if v.has_class("-match")]
 
 
