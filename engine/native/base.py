@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 
 import numpy as np
 
@@ -14,7 +14,6 @@ from engine.native.kv_cache import KVCache
 from engine.native.ops import NUMPY_OPS, NumpyOps
 
 Weights = MutableMapping[str, np.ndarray]
-BuildProgress = Callable[[float], None]
 
 
 def _check_shape(weights: Weights, name: str, shape: tuple[int, ...] | None) -> None:

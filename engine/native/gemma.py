@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelLoadError
-from engine.native.base import BuildProgress, Weights, config_int, cpu_only, take
+from engine.native.base import Weights, config_int, cpu_only, take
 from engine.native.kv_cache import KVCache
 from engine.native.llama import LlamaLayer, LlamaModel
 from engine.native.ops import NumpyOps, rope_tables
@@ -55,8 +55,8 @@ class GemmaModel(LlamaModel):
 
     arch = "gemma2"
 
-    def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
-                 progress: BuildProgress | None = None) -> None:
+    def __init__(self, config: dict[str, Any], weights: Weights,
+                 ops: NumpyOps | None = None) -> None:
         model_type = str(config.get("model_type", "gemma2"))
         self.arch = model_type
         cpu_only(ops, f"{model_type} models", "the OpenCL kernels have no GeGLU, soft-capping "
@@ -83,7 +83,7 @@ class GemmaModel(LlamaModel):
                           "qk_norm": model_type != "gemma2", "attn_logit_softcapping": None,
                           "final_logit_softcapping": None, "query_pre_attn_scalar": None,
                           "tie_word_embeddings": config.get("tie_word_embeddings", True)},
-                         weights, ops, progress)
+                         weights, ops)
         cfg = self.cfg
         self.post_attn = [self.ops.prepare(w) for w in post_attn]
         self.post_mlp = [self.ops.prepare(w) for w in post_mlp]

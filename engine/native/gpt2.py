@@ -16,7 +16,6 @@ import numpy as np
 
 from engine.errors import ModelLoadError
 from engine.native.base import (
-    BuildProgress,
     NativeModel,
     Weights,
     config_int,
@@ -101,7 +100,6 @@ class GPT2Model(NativeModel):
         config: dict[str, Any],
         weights: Weights,
         ops: NumpyOps | None = None,
-        progress: BuildProgress | None = None,
     ) -> None:
         super().__init__(ops)
         cfg = self.cfg = GPT2Config.from_hf(config)
@@ -137,8 +135,6 @@ class GPT2Model(NativeModel):
             }
             n_params += count_params(*parts.values())
             self.layers.append(GPT2Layer(**{k: ops.prepare(w) for k, w in parts.items()}))
-            if progress:
-                progress((i + 1) / (cfg.n_layer + 1))
         self.ln_f_w = ops.prepare(take(weights, "ln_f.weight", (d,)))
         self.ln_f_b = ops.prepare(take(weights, "ln_f.bias", (d,)))
         if cfg.tie_word_embeddings:
@@ -152,8 +148,6 @@ class GPT2Model(NativeModel):
             n_params += head.size
             self.lm_head = ops.prepare(head)
         self.n_params = int(n_params + 2 * d)
-        if progress:
-            progress(1.0)
 
     def forward(
         self, tokens: np.ndarray, cache: KVCache, start: int, all_logits: bool = False

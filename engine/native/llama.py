@@ -16,7 +16,6 @@ import numpy as np
 from engine.errors import ModelLoadError
 from engine.formats.hf_folder import context_length
 from engine.native.base import (
-    BuildProgress,
     NativeModel,
     Weights,
     config_int,
@@ -244,7 +243,6 @@ class LlamaModel(NativeModel):
         config: dict[str, Any],
         weights: Weights,
         ops: NumpyOps | None = None,
-        progress: BuildProgress | None = None,
     ) -> None:
         super().__init__(ops)
         cfg = self.cfg = LlamaConfig.from_hf(config)
@@ -293,8 +291,6 @@ class LlamaModel(NativeModel):
             self.layers.append(
                 LlamaLayer(**{k: None if w is None else ops.prepare(w) for k, w in parts.items()})
             )
-            if progress:
-                progress((i + 1) / (cfg.n_layers + 1))
         self.embed = embed
         self.norm = ops.prepare(take(weights, "model.norm.weight", (d,)))
         if cfg.tie_word_embeddings or "lm_head.weight" not in weights:
@@ -317,8 +313,6 @@ class LlamaModel(NativeModel):
         self.embed_scale: float | None = None
         self.attn_softcap: float | None = None
         self.final_softcap: float | None = None
-        if progress:
-            progress(1.0)
 
     def _global_rope(self, long: bool) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin of the (scaled) global RoPE, times LongRoPE's attention factor."""

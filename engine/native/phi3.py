@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from engine.errors import ModelLoadError
-from engine.native.base import BuildProgress, Weights
+from engine.native.base import Weights
 from engine.native.llama import LlamaModel
-from engine.native.ops import NumpyOps
 
 
 def split_fused(config: dict[str, Any], weights: Weights) -> None:
@@ -42,7 +41,3 @@ class Phi3Model(LlamaModel):
     they are stored."""
 
     arch = "phi3"
-
-    def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
-                 progress: BuildProgress | None = None) -> None:
-        super().__init__(config, weights, ops, progress)

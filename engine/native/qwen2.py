@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.native.base import BuildProgress, Weights
+from engine.native.base import Weights
 from engine.native.llama import LlamaModel
 from engine.native.ops import NumpyOps
 
@@ -18,6 +18,6 @@ class Qwen2Model(LlamaModel):
 
     arch = "qwen2"
 
-    def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
-                 progress: BuildProgress | None = None) -> None:
-        super().__init__({**config, "attention_bias": True}, weights, ops, progress)
+    def __init__(self, config: dict[str, Any], weights: Weights,
+                 ops: NumpyOps | None = None) -> None:
+        super().__init__({**config, "attention_bias": True}, weights, ops)

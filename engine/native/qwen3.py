@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.native.base import BuildProgress, Weights, cpu_only
+from engine.native.base import Weights, cpu_only
 from engine.native.llama import LlamaModel
 from engine.native.ops import NumpyOps
 
@@ -15,7 +15,7 @@ class Qwen3Model(LlamaModel):
 
     arch = "qwen3"
 
-    def __init__(self, config: dict[str, Any], weights: Weights, ops: NumpyOps | None = None,
-                 progress: BuildProgress | None = None) -> None:
+    def __init__(self, config: dict[str, Any], weights: Weights,
+                 ops: NumpyOps | None = None) -> None:
         cpu_only(ops, "qwen3 models", "their q/k norms are not in the OpenCL kernels")
-        super().__init__({**config, "qk_norm": True}, weights, ops, progress)
+        super().__init__({**config, "qk_norm": True}, weights, ops)
