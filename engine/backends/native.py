@@ -125,7 +125,7 @@ class NativeBackend(Backend):
         report(0.0, "reading weights")
         # each tensor is read (dequantized, cast) as the model takes it: the peak stays near
         # the float32 weights, not the weights plus the copies that fusing them makes
-        loaded = load_model(path, progress=lambda f, what: report(0.98 * f, f"reading {what}"),
+        loaded = load_model(path, progress=lambda f, _what: report(0.98 * f, "reading weights"),
                             dtype=np.float32, lazy=True)
         if loaded.tokenizer is None:
             raise ModelLoadError(f"the model has no tokenizer (tokenizer.json): {path}")
