@@ -129,8 +129,12 @@ class Backend(ABC):
     """Said in the log when a conversation's state cannot be kept."""
 
     def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
-        """The tokens `messages` are sent as (None: not known before streaming)."""
-        return None
+        """The tokens `messages` are sent as, for a loaded backend with a `tokenize_prompt`
+        of its own (None: not known before streaming, e.g. a server's)."""
+        tokenize = getattr(self, "tokenize_prompt", None)
+        if tokenize is None or self.info is None:
+            return None
+        return self.tokens_once(messages, tokenize)
 
     def tokens_once(
         self, messages: Sequence[ChatMessage], tokenize: Callable[[Sequence[ChatMessage]], Any]

@@ -411,12 +411,6 @@ class LlamaCppBackend(Backend):
 
     # -- saved KV state --------------------------------------------------------------------
 
-    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
-        """See `Backend.prompt_tokens`."""
-        if self._llm is None:
-            return None
-        return self.tokens_once(messages, self.tokenize_prompt)
-
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
         llm = self._llm

@@ -198,12 +198,6 @@ class NativeBackend(Backend):
 
     # -- saved KV state --------------------------------------------------------------------
 
-    def prompt_tokens(self, messages: Sequence[ChatMessage]) -> list[int] | None:
-        """See `Backend.prompt_tokens`."""
-        if self._generator is None:
-            return None
-        return self.tokens_once(messages, self.tokenize_prompt)
-
     def cached_tokens(self) -> Sequence[int]:
         """See `Backend.cached_tokens`."""
         return list(self._generator.cache.tokens) if self._generator is not None else []
