@@ -293,7 +293,8 @@ async def test_keys_typed_ahead_of_a_dialog_go_to_it_in_order(config_file: Path)
         assert app.focused is sidebar.list_view
         burst(app, "d", "y")
         await wait_for(pilot, lambda: not conversation.path.exists())
-        assert "Tea notes" not in [s.title for s in sidebar.summaries]
+        # the list is refreshed after the file is gone: a moment later, not the same instant
+        await wait_for(pilot, lambda: "Tea notes" not in [s.title for s in sidebar.summaries])
 
 
 async def test_editing_keys_in_the_prompt_keep_their_place_among_typed_text(
